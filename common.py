@@ -1,0 +1,1034 @@
+"""common.py: method-neutral plumbing shared by every method file, identical for a fair comparison.
+
+    MLLM = frozen modality encoder -> trainable per-modality projector -> cue + modality tokens -> LLM (+ LoRA)
+
+Sections: CLI | task sequences and data | encoders and features | LLM + tokenizer | MLLM, batching, generation |
+metrics | results, checkpoints, resume | summarize.  Nothing here knows about any particular CL method.
+
+    python common.py summarize runs/          # one markdown table over all runs (mean +/- std over seeds)
+"""
+import argparse
+import glob
+import hashlib
+import json
+import math
+import os
+import platform
+import random
+import re
+import shutil
+import string
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+CACHE = os.environ.get("MLLM_CL_CACHE", os.path.join(ROOT, "cache"))
+
+
+class UserError(SystemExit):
+    """Bad input from the user: printed as one line, no traceback."""
+
+    def __init__(self, msg):
+        super().__init__(f"error: {msg}")
+
+
+# ================================================================================================== CLI
+ORDERS = {  # scenario -> order -> task sequence (SPEC 3)
+    "micl": {1: ["audio-cap", "image-cap", "video-qa", "audio-qa", "image-qa", "video-cap"],
+             2: ["image-cap", "video-cap", "video-qa", "image-qa", "audio-cap", "audio-qa"]},
+}
+
+
+def shared_parser(method, doc):
+    """The CLI every script shares; method files add their own flags to the returned parser."""
+    p = argparse.ArgumentParser(description=doc.strip().splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("shared")
+    g.add_argument("--scenario", default="micl", help=f"one of {sorted(ORDERS)}")
+    g.add_argument("--order", type=int, default=1, help="task order within the scenario")
+    g.add_argument("--seed", type=int, default=0, help="seeds training and the synthetic train/test draw")
+    g.add_argument("--output-dir", default=None, help=f"default runs/{method}__<scenario>__order<k>__seed<s>")
+    g.add_argument("--data-root", default=None, help="folder of <task>/{train,test}.jsonl manifests; default: "
+                   "the synthetic benchmark, generated into cache/data/seed<s>")
+    g.add_argument("--llm", default="tiny", help="'tiny' (embedded default) or a Hugging Face causal-LM id/path")
+    g.add_argument("--image-encoder", default="tiny", help="'tiny' or a HF vision model id/path (e.g. CLIP)")
+    g.add_argument("--audio-encoder", default="tiny", help="'tiny' or a HF audio model id/path (AST, Whisper, CLAP)")
+    g.add_argument("--epochs", type=int, default=12, help="epochs per task")
+    g.add_argument("--max-steps", type=int, default=None, help="cap on optimiser steps per task (smoke tests)")
+    g.add_argument("--batch-size", type=int, default=16)
+    g.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate for LoRA and projectors")
+    g.add_argument("--lora-r", type=int, default=8)
+    g.add_argument("--lora-alpha", type=int, default=16)
+    g.add_argument("--train-limit", type=int, default=None, help="use at most N training samples per task")
+    g.add_argument("--test-limit", type=int, default=None, help="evaluate on at most N samples per task")
+    g.add_argument("--eval-batch-size", type=int, default=64)
+    g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    g.add_argument("--resume", action="store_true", help="continue from the last finished task in --output-dir")
+    p.set_defaults(method=method)
+    return p
+
+
+def parse_args(parser, argv=None, run_name=None):
+    """Parse and validate shared flags. `run_name` names the output folder (default: the method)."""
+    args = parser.parse_args(argv)
+    if args.scenario not in ORDERS:
+        raise UserError(f"--scenario {args.scenario!r} is unknown; expected one of {sorted(ORDERS)}")
+    if args.order not in ORDERS[args.scenario]:
+        raise UserError(f"--order {args.order} is out of range for --scenario {args.scenario}; "
+                        f"expected one of {sorted(ORDERS[args.scenario])}")
+    for flag in ("epochs", "batch_size", "eval_batch_size", "lora_r"):
+        if getattr(args, flag) < 1:
+            raise UserError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    args.run_name = run_name or args.method
+    if args.output_dir is None:
+        args.output_dir = os.path.join("runs", f"{args.run_name}__{args.scenario}__order{args.order}__seed{args.seed}")
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    return args
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def task_seed(args, t, salt=0):
+    """Seed of task t: a function of (seed, t) only, so a resumed run replays exactly what an uninterrupted one does."""
+    return args.seed * 1000 + t * 10 + salt
+
+
+# ================================================================================================== data
+@dataclass
+class Sample:
+    id: str
+    modality: str                     # image | audio | video | text
+    instruction: str
+    target: str
+    answers: list | None = None      # QA: accepted answers -> exact-match metric; None -> captioning (CIDEr-D)
+    media: str | None = None         # absolute path
+    feat: torch.Tensor | None = None  # pooled frozen-encoder features (K, D_enc), filled by encode_samples
+    task: str = ""
+    _ids: tuple | None = field(default=None, repr=False)  # cached (prompt-after-media ids, target ids)
+
+
+@dataclass
+class Task:
+    name: str
+    train: list
+    test: list
+
+    @property
+    def modality(self):
+        return self.train[0].modality
+
+    @property
+    def kind(self):
+        """'qa', 'cap', or 'mixed' (a step that mixes captioning and QA, as in MERA's setting)."""
+        kinds = {s.answers is not None for s in self.train}
+        return "mixed" if len(kinds) > 1 else ("qa" if kinds == {True} else "cap")
+
+
+MODALITIES = ("image", "audio", "video", "text")
+
+
+def read_manifest(path, task):
+    """Read one JSONL manifest; every problem is reported as `file:line: what was expected`."""
+    if not os.path.exists(path):
+        raise UserError(f"{path}: manifest not found (expected <data-root>/<task>/{{train,test}}.jsonl)")
+    base = os.path.dirname(os.path.abspath(path))
+    out = []
+    with open(path) as f:
+        for ln, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{ln}"
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{where}: not valid JSON ({e.msg})")
+            if not isinstance(r, dict):
+                raise UserError(f"{where}: expected a JSON object")
+            for key in ("modality", "instruction", "target"):
+                if not isinstance(r.get(key), str) or not r[key].strip():
+                    raise UserError(f"{where}: missing or empty {key!r} (a non-empty string is expected)")
+            if r["modality"] not in MODALITIES:
+                raise UserError(f"{where}: unknown modality {r['modality']!r}; expected one of {list(MODALITIES)}")
+            media = r.get("media")
+            if r["modality"] != "text":
+                if not isinstance(media, str):
+                    raise UserError(f"{where}: a {r['modality']} sample needs a 'media' path")
+                media = media if os.path.isabs(media) else os.path.join(base, media)
+                if not os.path.exists(media):
+                    raise UserError(f"{where}: media file {media} does not exist")
+            answers = r.get("answers")
+            if answers is not None and (not isinstance(answers, list) or not answers or not all(isinstance(a, str) for a in answers)):
+                raise UserError(f"{where}: 'answers' must be a non-empty list of strings")
+            out.append(Sample(str(r.get("id", f"{task}/{ln}")), r["modality"], r["instruction"], r["target"],
+                              answers, media, task=task))
+    if not out:
+        raise UserError(f"{path}: the manifest has no samples (empty task)")
+    return out
+
+
+def scenario_tasks(scenario):
+    return sorted({t for order in ORDERS[scenario].values() for t in order})
+
+
+def data_root(args):
+    """--data-root, or the synthetic benchmark for --seed (generated on first use, <= 60 s)."""
+    if args.data_root is not None:
+        if not os.path.isdir(args.data_root):
+            raise UserError(f"--data-root {args.data_root}: not a directory")
+        return args.data_root
+    from data.generate import build
+    root = os.path.join(CACHE, "data", f"seed{args.seed}")
+    tasks = scenario_tasks(args.scenario)
+    if not all(os.path.exists(os.path.join(root, t, "DONE")) for t in tasks + ["text"]):
+        print(f"generating the synthetic benchmark into {root} ...", flush=True)
+    return build(root, tasks, args.seed)
+
+
+def load_tasks(args):
+    """The scenario's task sequence (in --order) and the text-only instruction set."""
+    root = data_root(args)
+    names = ORDERS[args.scenario][args.order]
+    tasks = [Task(n, read_manifest(os.path.join(root, n, "train.jsonl"), n)[:args.train_limit],
+                  read_manifest(os.path.join(root, n, "test.jsonl"), n)[:args.test_limit]) for n in names]
+    text = Task("text", read_manifest(os.path.join(root, "text", "train.jsonl"), "text"),
+                read_manifest(os.path.join(root, "text", "test.jsonl"), "text")[:args.test_limit])
+    return tasks, text
+
+
+# ================================================================================================== encoders
+IMAGE_TOKENS, VIDEO_GROUPS, VIDEO_TOKENS, AUDIO_TOKENS = 16, 4, 9, 16   # modality tokens after pooling
+
+
+def load_image(path):
+    from PIL import Image, UnidentifiedImageError
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (UnidentifiedImageError, OSError) as e:
+        raise UserError(f"{path}: not a readable image ({type(e).__name__})")
+
+
+def load_audio(path, sr):
+    import soundfile as sf
+    try:
+        wav, file_sr = sf.read(path, dtype="float32", always_2d=True)
+    except Exception as e:  # soundfile raises LibsndfileError / RuntimeError subclasses
+        raise UserError(f"{path}: not a readable audio file ({type(e).__name__})")
+    wav = wav.mean(1)
+    if file_sr != sr:   # linear resampling keeps the dependency list short; real pipelines should resample offline
+        wav = np.interp(np.linspace(0, len(wav) - 1, int(len(wav) * sr / file_sr)), np.arange(len(wav)), wav).astype(np.float32)
+    return wav
+
+
+def load_video(path, num_frames=8):
+    import av
+    try:
+        with av.open(path) as c:
+            frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    except Exception as e:  # av raises its own error hierarchy
+        raise UserError(f"{path}: not a readable video ({type(e).__name__})")
+    if not frames:
+        raise UserError(f"{path}: video has no frames")
+    idx = np.linspace(0, len(frames) - 1, num_frames).round().astype(int)   # uniform frame sampling
+    return np.stack([frames[i] for i in idx])
+
+
+def pool_tokens(h, groups, tokens):
+    """(N_frames, L, D) -> (groups * tokens, D): average frames into `groups` time steps (keeps the temporal order
+    that direction questions need), then pool each step's tokens to `tokens`: 2-D over the patch grid when the
+    tokens form a square grid (after dropping a CLS token) and `tokens` is square, else 1-D over the sequence."""
+    h = F.adaptive_avg_pool1d(h.permute(2, 1, 0), groups).permute(2, 1, 0)          # (groups, L, D)
+    L, side, out = h.shape[1], math.isqrt(h.shape[1]), math.isqrt(tokens)
+    grid = h if side * side == L else h[:, 1:]                                      # drop CLS if present
+    side = math.isqrt(grid.shape[1])
+    if side * side == grid.shape[1] and out * out == tokens:
+        g = grid.transpose(1, 2).reshape(h.shape[0], h.shape[2], side, side)       # (groups, D, side, side)
+        h = F.adaptive_avg_pool2d(g, out).flatten(2).transpose(1, 2)               # (groups, tokens, D)
+    else:
+        h = F.adaptive_avg_pool1d(h.transpose(1, 2), tokens).transpose(1, 2)        # (groups, tokens, D)
+    return h.reshape(-1, h.shape[-1])
+
+
+class Encoders:
+    """Frozen image (also used per video frame) and audio encoders with their HF preprocessors."""
+
+    def __init__(self, image_path, audio_path, device):
+        from transformers import AutoFeatureExtractor, AutoImageProcessor, AutoModel
+        self.device = device
+        self.image_proc = _hf_load(AutoImageProcessor, image_path, "--image-encoder")
+        self.image = _encoder_module(_hf_load(AutoModel, image_path, "--image-encoder"), "vision_model").to(device).eval()
+        self.audio_fe = _hf_load(AutoFeatureExtractor, audio_path, "--audio-encoder")
+        self.audio = _encoder_module(_hf_load(AutoModel, audio_path, "--audio-encoder"), "audio_model").to(device).eval()
+        self.dims = {"image": _hidden(self.image), "video": _hidden(self.image), "audio": _hidden(self.audio)}
+        self.name = f"{image_path}|{audio_path}"
+
+    @torch.no_grad()
+    def __call__(self, modality, medias):
+        """Pooled features of a list of media files of one modality: list of (K, D_enc) float32 CPU tensors."""
+        if modality == "image":
+            h = self._image([load_image(m) for m in medias])                         # (n, L, D)
+            return [pool_tokens(x[None], 1, IMAGE_TOKENS) for x in h]
+        if modality == "video":
+            clips = [load_video(m) for m in medias]
+            h = self._image([f for c in clips for f in c]).view(len(clips), -1, *self._last_shape)  # (n, F, L, D)
+            return [pool_tokens(x, VIDEO_GROUPS, VIDEO_TOKENS) for x in h]
+        sr = self.audio_fe.sampling_rate
+        x = self.audio_fe([load_audio(m, sr) for m in medias], sampling_rate=sr, return_tensors="pt")
+        h = self.audio(**{k: v.to(self.device) for k, v in x.items()}).last_hidden_state.float().cpu()
+        if h.dim() == 4:                                  # conv-style encoders: (n, D, H, W) -> (n, HW, D)
+            h = h.flatten(2).transpose(1, 2)
+        return [pool_tokens(x[None], 1, AUDIO_TOKENS) for x in h]
+
+    def _image(self, frames):
+        x = self.image_proc(frames, return_tensors="pt")["pixel_values"].to(self.device)
+        h = self.image(pixel_values=x).last_hidden_state.float().cpu()              # (N_frames, L, D)
+        self._last_shape = h.shape[1:]
+        return h
+
+
+def _hf_load(cls, path, flag):
+    from transformers.utils import logging as hf_logging
+    hf_logging.set_verbosity_error()      # load reports (e.g. an unused pooler) are noise here
+    if not os.path.exists(path) and (path.startswith((".", "/", "~")) or path.count("/") > 1):
+        raise UserError(f"{flag} {path}: path does not exist")
+    try:
+        return cls.from_pretrained(path)
+    except OSError as e:
+        raise UserError(f"{flag} {path}: could not load ({str(e).splitlines()[0]})")
+
+
+def _encoder_module(model, sub):
+    """CLIP/CLAP-style dual models -> their vision/audio tower; encoder-decoders (Whisper) -> the encoder."""
+    if hasattr(model, sub):
+        model = getattr(model, sub)
+    elif getattr(model.config, "is_encoder_decoder", False):
+        model = model.get_encoder()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def _hidden(module):
+    c = module.config
+    return getattr(c, "hidden_size", None) or getattr(c, "d_model")
+
+
+def encode_samples(encoders, tasks, cache_dir=None):
+    """Run the frozen encoders once over every sample (train and test) and attach `sample.feat`.
+    Frozen encoders make this exact, and it is the same for every method. Features are cached on disk."""
+    todo = [s for t in tasks for s in t.train + t.test if s.modality != "text"]
+    cache = {}
+    path = None
+    if cache_dir:
+        key = hashlib.sha1((encoders.name + "".join(sorted({s.media for s in todo}))).encode()).hexdigest()[:16]
+        path = os.path.join(cache_dir, f"features_{key}.pt")
+        if os.path.exists(path):
+            cache = torch.load(path)
+    new = [s for s in todo if s.media not in cache]
+    for m in ("image", "video", "audio"):
+        group = sorted({s.media for s in new if s.modality == m})
+        for i in tqdm(range(0, len(group), 32), desc=f"encode {m}", disable=not group, leave=False):
+            cache.update(zip(group[i:i + 32], encoders(m, group[i:i + 32])))
+    for s in todo:
+        s.feat = cache[s.media]
+    if path and new:
+        os.makedirs(cache_dir, exist_ok=True)
+        atomic_save(cache, path)
+
+
+# ================================================================================================== LLM
+PRETRAIN_STEPS, PRETRAIN_BATCH = 600, 64
+
+
+def build_tiny(cache=CACHE):
+    """Embedded default: tiny Llama-family LLM + word-level tokenizer, tiny ViT and AST, all saved in HF format so
+    they load through exactly the same code as real models. The LLM is pretrained once (deterministically, ~1 min
+    on 2 CPU cores) on the synthetic text corpus, so LoRA adapts a model that already knows the language."""
+    from data.generate import text_corpus, vocabulary
+    vocab = vocabulary()
+    key = hashlib.sha1(json.dumps([vocab, text_corpus()[:50], PRETRAIN_STEPS, "v3"]).encode()).hexdigest()[:10]
+    root = os.path.join(cache, f"tiny-{key}")
+    paths = {k: os.path.join(root, k) for k in ("llm", "image", "audio")}
+    if os.path.exists(os.path.join(root, "DONE")):
+        return paths
+    from transformers import ASTConfig, ASTFeatureExtractor, ASTModel, ViTConfig, ViTImageProcessor, ViTModel
+    os.makedirs(root, exist_ok=True)
+    torch.manual_seed(0)
+    vit = ViTModel(ViTConfig(image_size=40, patch_size=5, hidden_size=96, num_hidden_layers=2, num_attention_heads=4,
+                             intermediate_size=192), add_pooling_layer=False)
+    proc = ViTImageProcessor(size={"height": 40, "width": 40})
+    _pretrain_encoder(vit, lambda x: proc(x, return_tensors="pt")["pixel_values"], *_encoder_corpus("image"))
+    vit.save_pretrained(paths["image"])
+    proc.save_pretrained(paths["image"])
+    ast = ASTModel(ASTConfig(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256,
+                             patch_size=8, frequency_stride=8, time_stride=8, max_length=64, num_mel_bins=32))
+    fe = ASTFeatureExtractor(num_mel_bins=32, max_length=64, sampling_rate=16000)
+    _pretrain_encoder(ast, lambda x: fe(x, sampling_rate=16000, return_tensors="pt")["input_values"], *_encoder_corpus("audio"))
+    ast.save_pretrained(paths["audio"])
+    fe.save_pretrained(paths["audio"])
+    tok = _build_tokenizer(vocab)
+    tok.save_pretrained(paths["llm"])
+    llm = _pretrain_tiny_llm(tok, text_corpus())
+    llm.save_pretrained(paths["llm"])
+    open(os.path.join(root, "DONE"), "w").close()
+    return paths
+
+
+def _encoder_corpus(modality, n=2400):
+    """Media with attribute labels for encoder pre-training, drawn with a seed no benchmark uses (like CLIP/AST,
+    the encoders know the world's attributes, never the benchmark's samples). Images also get a coarse (x, y) grid
+    cell of a single shape, so the patch tokens keep the positions that video direction questions need."""
+    from data import generate as G
+    rng = np.random.default_rng(987654)
+    media, labels = [], []
+    for _ in range(n):
+        if modality == "image":
+            a = G.sample_image_attrs(rng)
+            if rng.random() < 0.5:   # one shape anywhere: label its grid cell
+                x, y = int(rng.integers(6, G.IMG - 6)), int(rng.integers(6, G.IMG - 6))
+                from PIL import Image, ImageDraw
+                img = Image.new("RGB", (G.IMG, G.IMG), tuple(int(v) for v in rng.integers(0, 40, 3)))
+                G._draw_shape(ImageDraw.Draw(img), a["shape"], x, y, G.SIZES[a["size"]], G.COLOURS[a["colour"]])
+                a = dict(a, count=1, side="left" if x < G.IMG // 2 else "right")
+                cell = (x * 4 // G.IMG, y * 4 // G.IMG)
+            else:
+                img, cell = G.render_image(a, rng), (4, 4)      # 4 = "no single-shape position"
+            media.append(np.asarray(img))
+            labels.append([G.SHAPES.index(a["shape"]), list(G.COLOURS).index(a["colour"]), list(G.SIZES).index(a["size"]),
+                           G.SIDES.index(a["side"]), a["count"], *cell])
+        else:
+            a = G.sample_audio_attrs(rng)
+            media.append(G.render_audio(a, rng))
+            labels.append([list(G.PITCHES).index(a["pitch"]), G.PATTERNS.index(a["pattern"]),
+                           G.TIMBRES.index(a["timbre"]), a["count"]])
+    return media, torch.tensor(labels)
+
+
+def _pretrain_encoder(enc, preprocess, media, labels, steps=300, bs=64):
+    """Multi-head attribute classification on mean-pooled encoder tokens; only the encoder is kept."""
+    x = torch.cat([preprocess(media[i:i + 256]) for i in range(0, len(media), 256)])
+    n_cls = (labels.max(0).values + 1).tolist()
+    heads = nn.ModuleList(nn.Linear(enc.config.hidden_size, k) for k in n_cls)
+    opt = torch.optim.AdamW(list(enc.parameters()) + list(heads.parameters()), lr=2e-3)
+    g = torch.Generator().manual_seed(0)
+    for _ in tqdm(range(steps), desc=f"pretrain tiny {type(enc).__name__} (once)", leave=False):
+        idx = torch.randint(0, len(x), (bs,), generator=g)
+        h = enc(x[idx]).last_hidden_state.mean(1)
+        loss = sum(F.cross_entropy(head(h), labels[idx, k]) for k, head in enumerate(heads))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    enc.eval()
+
+
+def _build_tokenizer(vocab):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    specials = ["<pad>", "<unk>", "<s>", "</s>", "<media>"]
+    tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(specials + vocab)}, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    tk.decoder = decoders.WordPiece(prefix="##")   # joins words with spaces
+    return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", unk_token="<unk>", bos_token="<s>",
+                                   eos_token="</s>")
+
+
+def _pretrain_tiny_llm(tok, corpus):
+    from transformers import LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=128, intermediate_size=384, num_hidden_layers=3,
+                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                      tie_word_embeddings=True)
+    llm = LlamaForCausalLM(cfg)
+    samples = [Sample(str(i), "text", q, a) for i, (_, q, a) in enumerate(corpus)]
+    opt = torch.optim.AdamW(llm.parameters(), lr=4e-3, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=4e-3, total_steps=PRETRAIN_STEPS, pct_start=0.05)
+    rng = np.random.default_rng(0)
+    shell = MLLM(llm, tok, {})
+    for _ in tqdm(range(PRETRAIN_STEPS), desc="pretrain tiny LLM (once)"):
+        b = shell.collate([samples[i] for i in rng.integers(0, len(samples), PRETRAIN_BATCH)])
+        loss = ce_loss(shell(b), b.labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    return llm.eval()
+
+
+def load_llm(path, device):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    tok = _hf_load(AutoTokenizer, path, "--llm")
+    dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+    try:
+        llm = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    except (OSError, ValueError) as e:
+        raise UserError(f"--llm {path}: could not load a causal LM ({str(e).splitlines()[0]})")
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    for p in llm.parameters():
+        p.requires_grad_(False)
+    return llm.to(device), tok
+
+
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def lora_config(args):
+    from peft import LoraConfig
+    return LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=0.0, target_modules=LORA_TARGETS,
+                      task_type="CAUSAL_LM")
+
+
+def add_lora(model, args, name="default"):
+    """Wrap the LLM with peft (first call) or add another adapter `name`; returns the peft model."""
+    from peft import get_peft_model
+    if not hasattr(model.llm, "peft_config"):
+        model.llm = get_peft_model(model.llm, lora_config(args), adapter_name=name)
+    else:
+        model.llm.add_adapter(name, lora_config(args))
+    return model.llm
+
+
+# ================================================================================================== MLLM
+class Projector(nn.Sequential):
+    """Per-modality projector (SPEC 2): LayerNorm -> Linear -> GELU -> Linear, encoder dim -> LLM dim."""
+
+    def __init__(self, d_in, d_out):
+        super().__init__(nn.LayerNorm(d_in), nn.Linear(d_in, d_out), nn.GELU(), nn.Linear(d_out, d_out))
+
+
+CUES = {"image": " image:", "audio": " audio:", "video": " video:"}
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor       # (B, L) left-padded; media positions hold a placeholder id
+    attention_mask: torch.Tensor  # (B, L)
+    position_ids: torch.Tensor    # (B, L)
+    labels: torch.Tensor          # (B, L) target ids, -100 on prompt / padding
+    media_mask: torch.Tensor      # (B, L) True where a projected modality token goes
+    modalities: list
+    feats: list                   # per sample: (K, D_enc) tensor or None
+
+    def to(self, device):
+        for k in ("input_ids", "attention_mask", "position_ids", "labels", "media_mask"):
+            setattr(self, k, getattr(self, k).to(device))
+        return self
+
+
+class MLLM(nn.Module):
+    """Frozen LLM (optionally peft-wrapped) + trainable per-modality projectors."""
+
+    def __init__(self, llm, tokenizer, enc_dims):
+        super().__init__()
+        self.llm, self.tok = llm, tokenizer
+        d = llm.config.get_text_config().hidden_size
+        self.projectors = nn.ModuleDict({m: Projector(k, d) for m, k in enc_dims.items()})
+        self.bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+        self.media_id = tokenizer.pad_token_id    # placeholder id; its embedding is overwritten
+
+    @property
+    def device(self):
+        return next(self.llm.parameters()).device
+
+    # ---- tokenisation: [bos] cue <media x K> " {instruction} answer:" | " {target}" </s>
+    def _ids(self, s):
+        if s._ids is None:
+            enc = lambda t: self.tok(t, add_special_tokens=False)["input_ids"]
+            head = self.bos + (enc(CUES[s.modality]) if s.modality in CUES else [])
+            tail = enc((" " if s.modality in CUES else "") + s.instruction + " answer:")
+            s._ids = (head, tail, enc(" " + s.target) + [self.tok.eos_token_id])
+        return s._ids
+
+    def collate(self, samples, with_target=True):
+        rows, labs, masks = [], [], []
+        for s in samples:
+            head, tail, tgt = self._ids(s)
+            k = 0 if s.feat is None else s.feat.shape[0]
+            ids = head + [self.media_id] * k + tail + (tgt if with_target else [])
+            rows.append(ids)
+            labs.append([-100] * (len(ids) - len(tgt)) + tgt if with_target else [-100] * len(ids))
+            masks.append([False] * len(head) + [True] * k + [False] * (len(ids) - len(head) - k))
+        L = max(map(len, rows))
+        pad = lambda r, v: [v] * (L - len(r)) + r          # left padding: generation appends on the right
+        ids = torch.tensor([pad(r, self.tok.pad_token_id) for r in rows])
+        att = torch.tensor([pad([1] * len(r), 0) for r in rows])
+        return Batch(ids, att, (att.cumsum(1) - 1).clamp(min=0), torch.tensor([pad(l, -100) for l in labs]),
+                     torch.tensor([pad(m, False) for m in masks]), [s.modality for s in samples], [s.feat for s in samples])
+
+    def embed(self, b):
+        """Token embeddings with the projected modality tokens written into the media positions."""
+        emb = self.llm.get_input_embeddings()(b.input_ids)                      # (B, L, D)
+        for m, proj in self.projectors.items():
+            idx = [i for i, mm in enumerate(b.modalities) if mm == m]
+            if not idx:
+                continue
+            x = torch.stack([b.feats[i] for i in idx]).to(emb.device)           # (n, K, D_enc)
+            tokens = proj(x.to(proj[1].weight.dtype)).to(emb.dtype)             # (n, K, D)
+            sel = torch.zeros_like(b.media_mask)
+            sel[idx] = b.media_mask[idx]
+            emb = emb.masked_scatter(sel.unsqueeze(-1), tokens.reshape(-1, tokens.shape[-1]))
+        return emb
+
+    def forward(self, b):
+        """Next-token logits (B, L, V) in float32."""
+        with self.autocast():
+            out = self.llm(inputs_embeds=self.embed(b), attention_mask=b.attention_mask, position_ids=b.position_ids)
+        return out.logits.float()
+
+    def autocast(self):
+        dev = self.device
+        return torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu", enabled=False)
+
+    @torch.no_grad()
+    def generate(self, samples, max_new_tokens=20, batch_size=64):
+        """Greedy decoding with a KV cache; returns one string per sample."""
+        was_training = self.training
+        self.eval()
+        eos, out = self.tok.eos_token_id, []
+        emb_fn = self.llm.get_input_embeddings()
+        for i in range(0, len(samples), batch_size):
+            b = self.collate(samples[i:i + batch_size], with_target=False).to(self.device)
+            att, pos = b.attention_mask, b.position_ids[:, -1:]
+            with self.autocast():
+                o = self.llm(inputs_embeds=self.embed(b), attention_mask=att, position_ids=b.position_ids, use_cache=True)
+                nxt = o.logits[:, -1].argmax(-1)
+                gen, done = [nxt], nxt == eos
+                for _ in range(max_new_tokens - 1):
+                    if bool(done.all()):
+                        break
+                    att = torch.cat([att, att.new_ones(att.shape[0], 1)], 1)
+                    pos = pos + 1
+                    o = self.llm(inputs_embeds=emb_fn(nxt[:, None]), attention_mask=att, position_ids=pos,
+                                 past_key_values=o.past_key_values, use_cache=True)
+                    nxt = o.logits[:, -1].argmax(-1)
+                    gen.append(nxt)
+                    done = done | (nxt == eos)
+            for row in torch.stack(gen, 1).tolist():
+                row = row[:row.index(eos)] if eos in row else row
+                out.append(self.tok.decode(row, skip_special_tokens=True).strip())
+        self.train(was_training)
+        return out
+
+
+def ce_loss(logits, labels, reduction="mean"):
+    """Next-token cross-entropy on target tokens only (labels -100 elsewhere). reduction='none' -> per sample."""
+    lg, lb = logits[:, :-1], labels[:, 1:]
+    tok = F.cross_entropy(lg.reshape(-1, lg.shape[-1]), lb.reshape(-1), ignore_index=-100, reduction="none").view(lb.shape)
+    mask = (lb != -100).float()
+    if reduction == "none":
+        return (tok * mask).sum(1) / mask.sum(1).clamp(min=1)
+    return (tok * mask).sum() / mask.sum().clamp(min=1)
+
+
+def target_logits(logits, labels):
+    """Logits that predict the target tokens: (N_target_tokens, V). Used by distillation losses."""
+    lg, lb = logits[:, :-1], labels[:, 1:]
+    return lg[lb != -100]
+
+
+def build_model(args):
+    """Tasks (with frozen-encoder features attached), text-only set, and the MLLM on args.device."""
+    tasks, text = load_tasks(args)
+    tiny = build_tiny() if "tiny" in (args.llm, args.image_encoder, args.audio_encoder) else {}
+    pick = lambda v, k: tiny[k] if v == "tiny" else v
+    enc = Encoders(pick(args.image_encoder, "image"), pick(args.audio_encoder, "audio"), args.device)
+    encode_samples(enc, tasks, cache_dir=os.path.join(CACHE, "features"))
+    llm, tok = load_llm(pick(args.llm, "llm"), args.device)
+    model = MLLM(llm, tok, enc.dims).to(args.device)
+    args.fingerprint = {"llm": args.llm, "image_encoder": args.image_encoder, "audio_encoder": args.audio_encoder,
+                        "llm_hidden": llm.config.get_text_config().hidden_size, "vocab": len(tok), "enc_dims": enc.dims}
+    del enc
+    return model, tasks, text
+
+
+def trainable(model):
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def make_optimizer(model, args, params=None):
+    return torch.optim.AdamW(params if params is not None else trainable(model), lr=args.lr, weight_decay=0.0)
+
+
+def batches(samples, args, t, desc=None, epochs=None):
+    """Shuffled mini-batches (lists of Samples) for task t, with a tqdm bar; respects --max-steps."""
+    rng = np.random.default_rng(task_seed(args, t, 1))
+    epochs = args.epochs if epochs is None else epochs
+    per_epoch = math.ceil(len(samples) / args.batch_size)
+    total = per_epoch * epochs if args.max_steps is None else min(per_epoch * epochs, args.max_steps)
+    bar = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+    step = 0
+    for _ in range(epochs):
+        perm = rng.permutation(len(samples))
+        for i in range(0, len(samples), args.batch_size):
+            if step >= total:
+                bar.close()
+                return
+            yield [samples[j] for j in perm[i:i + args.batch_size]]
+            step += 1
+            bar.update()
+    bar.close()
+
+
+# ================================================================================================== metrics
+_ARTICLES = {"a", "an", "the"}
+_NUM = {w: str(i) for i, w in enumerate(["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"])}
+_PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
+
+
+def normalize_answer(s):
+    """VQA-style: lower-case, strip punctuation and articles, number words -> digits."""
+    words = _PUNCT.sub(" ", s.lower()).split()
+    return " ".join(_NUM.get(w, w) for w in words if w not in _ARTICLES)
+
+
+def qa_score(pred, answers):
+    """100 if the normalised prediction equals any normalised answer, else 0."""
+    return 100.0 * (normalize_answer(pred) in {normalize_answer(a) for a in answers})
+
+
+def _ngrams(words, n):
+    out = {}
+    for k in range(1, n + 1):
+        for i in range(len(words) - k + 1):
+            g = tuple(words[i:i + k])
+            out[g] = out.get(g, 0) + 1
+    return out
+
+
+def cider_d(cands, refs, n=4, sigma=6.0):
+    """CIDEr-D (Vedantam et al. 2015, as in coco-caption), per sample, on a 0-100 scale (raw x 10).
+
+        g^n(x) = tf-idf vector of x's n-grams, idf from the document frequency over all references (of this set)
+        CIDEr-D_n(c, S) = 10/|S| sum_s  exp(-(l_c - l_s)^2 / (2 sigma^2)) * <min(g^n(c), g^n(s)), g^n(s)> / (|g^n(c)| |g^n(s)|)
+        CIDEr-D(c, S)   = 1/4 sum_{n=1..4} CIDEr-D_n(c, S)          in [0, 10]; we report x 10 -> [0, 100].
+    """
+    tokenize = lambda s: _PUNCT.sub(" ", s.lower()).split()
+    ref_ng = [[_ngrams(tokenize(r), n) for r in rs] for rs in refs]
+    df = {}
+    for rs in ref_ng:
+        for g in set().union(*[set(r) for r in rs]):
+            df[g] = df.get(g, 0) + 1
+    log_n = math.log(float(len(refs)))
+
+    def vec(counts):
+        v, norm = [{} for _ in range(n)], [0.0] * n
+        for g, tf in counts.items():
+            k = len(g) - 1
+            v[k][g] = tf * (log_n - math.log(max(1.0, df.get(g, 0.0))))
+            norm[k] += v[k][g] ** 2
+        return v, [math.sqrt(x) for x in norm], sum(tf for g, tf in counts.items() if len(g) == 1)
+
+    scores = []
+    for c, rs in zip(cands, ref_ng):
+        vc, nc, lc = vec(_ngrams(tokenize(c), n))
+        total = 0.0
+        for r in rs:
+            vr, nr, lr = vec(r)
+            sim = 0.0
+            for k in range(n):
+                val = sum(min(x, vr[k].get(g, 0.0)) * vr[k].get(g, 0.0) for g, x in vc[k].items())
+                if nc[k] != 0 and nr[k] != 0:
+                    val /= nc[k] * nr[k]
+                sim += val * math.exp(-((lc - lr) ** 2) / (2 * sigma ** 2))
+            total += sim / n
+        scores.append(100.0 * total / len(rs))     # 10 * mean over refs, then x10 for the 0-100 scale
+    return scores
+
+
+def score_predictions(samples, preds):
+    """Task score (0-100): mean per-sample score; QA samples by exact match, captions by CIDEr-D (idf over the
+    captions of this set)."""
+    qa = [qa_score(p, s.answers) for s, p in zip(samples, preds) if s.answers is not None]
+    caps = [(p, [s.target]) for s, p in zip(samples, preds) if s.answers is None]
+    cap = cider_d([c for c, _ in caps], [r for _, r in caps]) if caps else []
+    return float(np.mean(qa + cap))
+
+
+def evaluate(predict, task):
+    """Score of `predict` (list[Sample] -> list[str]) on a task's test split."""
+    return score_predictions(task.test, predict(task.test))
+
+
+def cl_metrics(R):
+    """SPEC 4 metrics of an accuracy matrix R (T x T, R[i][j] = score on task j after training task i):
+        Last = mean_j R[T,j]            MAA = mean_i mean_{j<=i} R[i,j]          MFT = mean_j R[j,j]
+        BWT  = mean_{j<T} (R[T,j] - R[j,j])       Forgetting = mean_{j<T} (max_{i<T} R[i,j] - R[T,j])
+        BRG  = 100 * mean_{j<T} R[T,j] / R[j,j]
+    """
+    R = np.asarray(R, dtype=float)
+    T = R.shape[0]
+    if R.shape[0] != R.shape[1]:       # e.g. joint training: one step over all tasks -> only the final average
+        return {"last": float(R[-1].mean())}
+    m = {"last": R[-1].mean(), "maa": np.mean([R[i, :i + 1].mean() for i in range(T)]), "mft": np.diag(R).mean()}
+    if T > 1:
+        m["bwt"] = np.mean([R[-1, j] - R[j, j] for j in range(T - 1)])
+        m["forgetting"] = np.mean([R[:-1, j].max() - R[-1, j] for j in range(T - 1)])
+        m["brg"] = 100 * np.mean([R[-1, j] / R[j, j] if R[j, j] > 0 else 0.0 for j in range(T - 1)])
+    else:
+        m.update(bwt=0.0, forgetting=0.0, brg=100.0)
+    return {k: float(v) for k, v in m.items()}
+
+
+# ================================================================================================== results
+def atomic_save(obj, path):
+    tmp = path + ".tmp"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def atomic_write(path, text):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def environment(args):
+    import peft
+    import transformers
+    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "peft": peft.__version__, "device": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else
+            f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)",
+            "dtype": "bfloat16" if args.device.startswith("cuda") else "float32",
+            "effective_batch_size": args.batch_size}
+
+
+class Run:
+    """Owns the output folder: R matrix, zero-shot row, text-only accuracy, timings, per-task checkpoints, resume.
+
+    Typical use in a method file:
+        run = Run(args, tasks, text)
+        run.zero_shot(model.generate)                    # untrained base, before task 1
+        for t in range(run.start, len(tasks)): ...train...; run.end_task(t, model, predict, extra)
+        run.finish()
+    """
+
+    def __init__(self, args, tasks, text, steps=None):
+        """`steps`: names of the training steps (rows of R); default one per task. Joint training has one step."""
+        self.args, self.tasks, self.text = args, tasks, text
+        self.steps = steps or [t.name for t in tasks]
+        self.dir = args.output_dir
+        T = len(tasks)
+        self.state = {"R": [[None] * T for _ in self.steps], "zero_shot": None, "text": [], "text_zero_shot": None,
+                      "timings": {"train_s": [], "eval_s": []}, "extras": {}, "done": 0}
+        self.t0 = time.time()
+        if args.resume and os.path.exists(self._state_path):
+            with open(self._state_path) as f:
+                saved = json.load(f)
+            if saved["fingerprint"] != _jsonable(args.fingerprint) or saved["tasks"] != [t.name for t in tasks]:
+                raise UserError(f"--resume: {self.dir} was made with a different model or task sequence "
+                                f"({saved['fingerprint']} / {saved['tasks']})")
+            self.state = saved["state"]
+        elif os.path.isdir(self.dir) and os.listdir(self.dir):
+            if not os.path.exists(self._state_path):
+                raise UserError(f"--output-dir {self.dir}: exists, is not empty and holds no run; pick another folder")
+            shutil.rmtree(self.dir)                 # a fresh run never mixes with an old run's files
+        os.makedirs(self.dir, exist_ok=True)
+        self.start = self.state["done"]
+        self._task_t0 = time.time()
+
+    @property
+    def _state_path(self):
+        return os.path.join(self.dir, "state.json")
+
+    def ckpt_dir(self, t):
+        return os.path.join(self.dir, "checkpoints", f"task{t}_{self.steps[t]}")
+
+    def score_row(self, predict):
+        return [evaluate(predict, task) for task in self.tasks]
+
+    def zero_shot(self, predict):
+        if self.state["zero_shot"] is None:
+            self.state["zero_shot"] = self.score_row(predict)
+            self.state["text_zero_shot"] = evaluate(predict, self.text)
+            print(f"zero-shot: {fmt_row(self.state['zero_shot'])} | text {self.state['text_zero_shot']:.1f}", flush=True)
+        self._task_t0 = time.time()
+
+    def end_task(self, t, model, predict, extra=None, text_predict=None):
+        """Evaluate all tasks after task t, checkpoint the model (+ method state `extra`), write results."""
+        train_s = time.time() - self._task_t0
+        e0 = time.time()
+        row = self.score_row(predict)
+        txt = evaluate(text_predict or predict, self.text)
+        eval_s = time.time() - e0
+        save_checkpoint(self.ckpt_dir(t), model, extra)
+        self.state["R"][t] = row
+        self.state["text"].append(txt)
+        self.state["timings"]["train_s"].append(train_s)
+        self.state["timings"]["eval_s"].append(eval_s)
+        self.state["done"] = t + 1
+        atomic_write(self._state_path, json.dumps({"fingerprint": _jsonable(self.args.fingerprint),
+                                                   "tasks": [x.name for x in self.tasks], "state": self.state}))
+        if t > 0:   # the previous task's checkpoint is no longer needed for resume; keep only the model artefacts
+            prev = os.path.join(self.ckpt_dir(t - 1), "extra.pt")
+            if os.path.exists(prev):
+                os.remove(prev)
+        print(f"after step {t + 1}/{len(self.steps)} {self.steps[t]:>10}: {fmt_row(row)} | text {txt:.1f} "
+              f"| train {train_s:.0f}s eval {eval_s:.0f}s", flush=True)
+        self._task_t0 = time.time()
+
+    def resume(self, model):
+        """Load the last finished task's checkpoint into `model`; returns the method's `extra` state (or None)."""
+        if self.start == 0:
+            return None
+        print(f"resuming {self.dir} after step {self.start}/{len(self.steps)}", flush=True)
+        return load_checkpoint(self.ckpt_dir(self.start - 1), model)
+
+    def finish(self, **extras):
+        """Write results.json, results.md and matrix.png. `extras` are method-specific metrics."""
+        s = self.state
+        R = s["R"]
+        metrics = cl_metrics(R)
+        metrics["text_retention"] = s["text"][-1]
+        metrics["text_base"] = s["text_zero_shot"]
+        metrics.update(extras)
+        s["timings"]["total_s"] = sum(s["timings"]["train_s"]) + sum(s["timings"]["eval_s"])
+        s["timings"]["wall_s_this_process"] = time.time() - self.t0
+        res = {"method": self.args.run_name, "args": {k: v for k, v in vars(self.args).items() if k != "fingerprint"},
+               "tasks": [t.name for t in self.tasks], "steps": self.steps, "R": R, "zero_shot": s["zero_shot"], "text": s["text"],
+               "metrics": metrics, "timings": s["timings"], "environment": environment(self.args),
+               "fingerprint": self.args.fingerprint}
+        atomic_write(os.path.join(self.dir, "results.json"), json.dumps(_jsonable(res), indent=1))
+        atomic_write(os.path.join(self.dir, "results.md"), results_markdown(res))
+        draw_matrix(R, res["steps"], res["tasks"], os.path.join(self.dir, "matrix.png"), title=f"{res['method']} {self.args.scenario} "
+                    f"order {self.args.order} seed {self.args.seed}")
+        print(results_markdown(res))
+        print(f"wrote {self.dir}/results.json, results.md, matrix.png")
+        return res
+
+
+def fmt_row(row):
+    return " ".join(f"{x:5.1f}" for x in row)
+
+
+def _jsonable(o):
+    if isinstance(o, dict):
+        return {str(k): _jsonable(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_jsonable(v) for v in o]
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    return o
+
+
+def results_markdown(res):
+    names = res["tasks"]
+    lines = ["| after \\ on | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    if res.get("zero_shot"):
+        lines.append("| zero-shot | " + " | ".join(f"{x:.1f}" for x in res["zero_shot"]) + " |")
+    for i, row in enumerate(res["R"]):
+        lines.append(f"| {i + 1}. {res['steps'][i]} | " + " | ".join(f"{x:.1f}" for x in row) + " |")
+    m = res["metrics"]
+    lines += ["", "| metric | value |", "|---|---|"] + [f"| {k} | {v:.2f} |" for k, v in m.items() if isinstance(v, (int, float))]
+    return f"### {res['method']} ({res['args']['scenario']}, order {res['args']['order']}, seed {res['args']['seed']})\n\n" + "\n".join(lines) + "\n"
+
+
+def draw_matrix(R, steps, names, path, title=""):
+    """Heatmap of R (rows: after step i, columns: task j) with pillow; value in each cell."""
+    from PIL import Image, ImageDraw, ImageFont
+    S, T, cell, left, top = len(steps), len(names), 64, 110, 40
+    img = Image.new("RGB", (max(left + cell * T + 10, 420), top + cell * S + 80), "white")
+    d, font = ImageDraw.Draw(img), ImageFont.load_default()
+    d.text((10, 10), title, fill="black", font=font)
+    for j in range(T):
+        d.text((left + j * cell + 4, top + cell * S + 6 + 12 * (j % 2)), names[j][:10], fill="black", font=font)
+    for i in range(S):
+        d.text((10, top + i * cell + cell // 2 - 5), f"after {steps[i]}"[:17], fill="black", font=font)
+        for j in range(T):
+            v = R[i][j]
+            if v is None:
+                continue
+            a = max(0.0, min(1.0, v / 100))
+            colour = (int(255 - 200 * a), int(255 - 120 * a), int(255 - 30 * a))     # white -> blue
+            box = [left + j * cell, top + i * cell, left + (j + 1) * cell - 2, top + (i + 1) * cell - 2]
+            d.rectangle(box, fill=colour, outline="black" if i == j else None)
+            d.text((box[0] + 18, box[1] + 24), f"{v:.0f}", fill="black" if a < 0.6 else "white", font=font)
+    d.text((10, top + cell * S + 40), "R[i, j]: score on task j (column) after training task i (row)", fill="black", font=font)
+    tmp = path + ".tmp.png"
+    img.save(tmp)
+    os.replace(tmp, path)
+
+
+# ================================================================================================== checkpoints
+def save_checkpoint(path, model, extra=None):
+    """Per-task checkpoint, written to a temp folder then renamed: `lora/` (peft save_pretrained, every adapter),
+    `projectors.safetensors`, and `extra.pt` (method state needed to resume, e.g. Fisher, replay buffer)."""
+    from safetensors.torch import save_file
+    tmp = path + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    if hasattr(model.llm, "peft_config"):
+        model.llm.save_pretrained(os.path.join(tmp, "lora"))
+    save_file({k: v.detach().float().cpu().contiguous() for k, v in model.projectors.state_dict().items()},
+              os.path.join(tmp, "projectors.safetensors"))
+    # exact resume state: every parameter that is not the frozen base (LoRA weights of every adapter, projectors)
+    base_free = {k: v.detach().cpu() for k, v in model.state_dict().items() if "lora_" in k or k.startswith("projectors.")}
+    torch.save({"params": base_free, "adapters": sorted(getattr(model.llm, "peft_config", {})), "extra": extra},
+               os.path.join(tmp, "extra.pt"))
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path, model):
+    """Restore what save_checkpoint wrote. Adapters missing from `model` must be re-created by the method first
+    (we check, so a mismatch is an error, not silent garbage). Returns the saved `extra`."""
+    blob = torch.load(os.path.join(path, "extra.pt"), weights_only=False)
+    missing = [a for a in blob["adapters"] if a not in getattr(model.llm, "peft_config", {})]
+    if missing:
+        raise UserError(f"{path}: checkpoint has adapters {missing} that the model does not")
+    res = model.load_state_dict(blob["params"], strict=False)
+    if res.unexpected_keys or any("lora_" in k or k.startswith("projectors.") for k in res.missing_keys):
+        raise UserError(f"{path}: checkpoint does not match this model configuration")
+    return blob["extra"]
+
+
+# ================================================================================================== summarize
+SUMMARY_KEYS = ["last", "maa", "mft", "bwt", "forgetting", "brg", "text_retention", "router_accuracy"]
+
+
+def summarize(root):
+    """Markdown tables (one per scenario) over every results.json under root: mean +/- std over seeds."""
+    groups = {}
+    for p in sorted(glob.glob(os.path.join(root, "**", "results.json"), recursive=True)):
+        with open(p) as f:
+            r = json.load(f)
+        a = r["args"]
+        groups.setdefault((a["scenario"], a["order"], r["method"]), []).append(r)
+    if not groups:
+        raise UserError(f"{root}: no results.json found")
+    out = []
+    for scen in sorted({k[0] for k in groups}):
+        keys = [k for k in SUMMARY_KEYS if any(k in r["metrics"] for g, rs in groups.items() if g[0] == scen for r in rs)]
+        out += [f"\n#### {scen}\n", "| method | order | seeds | " + " | ".join(keys) + " |", "|---" * (len(keys) + 3) + "|"]
+        for (s, order, method), rs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][2])):
+            if s != scen:
+                continue
+            cells = []
+            for k in keys:
+                v = [r["metrics"][k] for r in rs if k in r["metrics"]]
+                cells.append(f"{np.mean(v):.1f} ± {np.std(v):.1f}" if v else "-")
+            seeds = ",".join(str(r["args"]["seed"]) for r in rs)
+            out.append(f"| {method} | {order} | {seeds} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) >= 2 and sys.argv[1] == "summarize":
+        try:
+            print(summarize(sys.argv[2] if len(sys.argv) > 2 else "runs"))
+        except UserError as e:
+            sys.exit(str(e.code))
+    else:
+        sys.exit("usage: python common.py summarize [runs/]")
