@@ -43,6 +43,8 @@ class UserError(SystemExit):
 ORDERS = {  # scenario -> order -> task sequence (SPEC 3)
     "micl": {1: ["audio-cap", "image-cap", "video-qa", "audio-qa", "image-qa", "video-cap"],
              2: ["image-cap", "video-cap", "video-qa", "image-qa", "audio-cap", "audio-qa"]},
+    # MERA's modality-incremental setting: one step per modality, each mixing captioning and QA of that modality
+    "mcl": {1: ["image", "video", "audio"], 2: ["image", "audio", "video"]},
 }
 
 
@@ -59,12 +61,12 @@ def shared_parser(method, doc):
     g.add_argument("--llm", default="tiny", help="'tiny' (embedded default) or a Hugging Face causal-LM id/path")
     g.add_argument("--image-encoder", default="tiny", help="'tiny' or a HF vision model id/path (e.g. CLIP)")
     g.add_argument("--audio-encoder", default="tiny", help="'tiny' or a HF audio model id/path (AST, Whisper, CLAP)")
-    g.add_argument("--epochs", type=int, default=12, help="epochs per task")
+    g.add_argument("--epochs", type=int, default=16, help="epochs per task")
     g.add_argument("--max-steps", type=int, default=None, help="cap on optimiser steps per task (smoke tests)")
-    g.add_argument("--batch-size", type=int, default=16)
-    g.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate for LoRA and projectors")
-    g.add_argument("--lora-r", type=int, default=8)
-    g.add_argument("--lora-alpha", type=int, default=16)
+    g.add_argument("--batch-size", type=int, default=32)
+    g.add_argument("--lr", type=float, default=3e-3, help="AdamW learning rate for LoRA and projectors")
+    g.add_argument("--lora-r", type=int, default=16)
+    g.add_argument("--lora-alpha", type=int, default=32)
     g.add_argument("--train-limit", type=int, default=None, help="use at most N training samples per task")
     g.add_argument("--test-limit", type=int, default=None, help="evaluate on at most N samples per task")
     g.add_argument("--eval-batch-size", type=int, default=64)
@@ -357,7 +359,7 @@ def build_tiny(cache=CACHE):
     on 2 CPU cores) on the synthetic text corpus, so LoRA adapts a model that already knows the language."""
     from data.generate import text_corpus, vocabulary
     vocab = vocabulary()
-    key = hashlib.sha1(json.dumps([vocab, text_corpus()[:50], PRETRAIN_STEPS, "v3"]).encode()).hexdigest()[:10]
+    key = hashlib.sha1(json.dumps([vocab, text_corpus()[:50], PRETRAIN_STEPS, "v4"]).encode()).hexdigest()[:10]
     root = os.path.join(cache, f"tiny-{key}")
     paths = {k: os.path.join(root, k) for k in ("llm", "image", "audio")}
     if os.path.exists(os.path.join(root, "DONE")):
@@ -415,7 +417,7 @@ def _encoder_corpus(modality, n=2400):
     return media, torch.tensor(labels)
 
 
-def _pretrain_encoder(enc, preprocess, media, labels, steps=300, bs=64):
+def _pretrain_encoder(enc, preprocess, media, labels, steps=600, bs=64):
     """Multi-head attribute classification on mean-pooled encoder tokens; only the encoder is kept."""
     x = torch.cat([preprocess(media[i:i + 256]) for i in range(0, len(media), 256)])
     n_cls = (labels.max(0).values + 1).tolist()
@@ -467,8 +469,12 @@ def _pretrain_tiny_llm(tok, corpus):
 
 
 def load_llm(path, device):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    tok = _hf_load(AutoTokenizer, path, "--llm")
+    from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
+    cfg = os.path.join(path, "tokenizer_config.json")
+    generic = os.path.exists(cfg) and json.load(open(cfg)).get("tokenizer_class") in ("TokenizersBackend", "PreTrainedTokenizerFast")
+    # a plain tokenizer.json (our word-level one) must load as-is; AutoTokenizer would re-build it as the model
+    # family's own class (e.g. Qwen2's BPE) and silently change the ids
+    tok = _hf_load(PreTrainedTokenizerFast if generic else AutoTokenizer, path, "--llm")
     dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
     try:
         llm = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)

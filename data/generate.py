@@ -201,8 +201,10 @@ WORLDS = {  # modality -> (sample attrs, render, caption, answer, questions)
     "audio": (sample_audio_attrs, render_audio, audio_caption, audio_answer, AUDIO_QUESTIONS),
     "video": (sample_video_attrs, render_video, video_caption, video_answer, VIDEO_QUESTIONS),
 }
-# task name -> (modality, kind); kind "cap" = captioning (scored by CIDEr-D), "qa" = question answering (exact match)
+# task name -> (modality, kind); kind "cap" = captioning (scored by CIDEr-D), "qa" = question answering (exact match),
+# "mixed" = each sample is captioning or QA with probability 1/2 (the mcl scenario: one step per modality)
 TASKS = {f"{m}-{k}": (m, k) for m in WORLDS for k in ("cap", "qa")}
+TASKS.update({m: (m, "mixed") for m in WORLDS})
 SIZES_PER_SPLIT = {"train": 320, "test": 64}
 TEXT_SIZES = {"train": 2000, "test": 200}
 
@@ -216,6 +218,8 @@ def make_example(modality, kind, rng):
     sample_attrs, render, caption, answer, questions = WORLDS[modality]
     a = sample_attrs(rng)
     media = render(a, rng)
+    if kind == "mixed":
+        kind = "cap" if rng.random() < 0.5 else "qa"
     if kind == "cap":
         return media, caption_instruction(modality), caption(a), None
     q, key = questions[int(rng.integers(len(questions)))]
@@ -305,6 +309,8 @@ def text_corpus(seed=12345, n_per_task=400, n_text=4000):
     text-only instruction set. Uses its own seed so the base model is the same for every benchmark seed."""
     pairs = []
     for name, (modality, kind) in sorted(TASKS.items()):
+        if kind == "mixed":          # same sentences as its -cap and -qa tasks
+            continue
         sample_attrs, _, caption, answer, questions = WORLDS[modality]
         rng = _rng(seed, name, "pretrain")
         for _ in range(n_per_task):

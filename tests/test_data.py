@@ -1,0 +1,117 @@
+"""Synthetic data round-trips through pillow / soundfile / av, and bad input gives one-line errors."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from common import ROOT, UserError, load_audio, load_image, load_video, read_manifest
+from data import generate as G
+
+
+@pytest.fixture(scope="module")
+def small_root(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("data"))
+    for t in ["image-cap", "audio-qa", "video-cap"]:
+        G.write_task(root, t, seed=0, sizes={"train": 3, "test": 2})
+    G.write_text_task(root, 0)
+    return root
+
+
+def test_generation_is_deterministic(tmp_path):
+    G.write_task(str(tmp_path / "a"), "image-qa", 3, {"train": 4})
+    G.write_task(str(tmp_path / "b"), "image-qa", 3, {"train": 4})
+    ra = open(tmp_path / "a/image-qa/train.jsonl").read()
+    assert ra == open(tmp_path / "b/image-qa/train.jsonl").read()
+    assert (tmp_path / "a/image-qa/media/train_0000.png").read_bytes() == (tmp_path / "b/image-qa/media/train_0000.png").read_bytes()
+
+
+def test_manifest_round_trip(small_root):
+    rows = read_manifest(os.path.join(small_root, "audio-qa", "train.jsonl"), "audio-qa")
+    assert len(rows) == 3 and all(r.answers == [r.target] for r in rows)
+    assert all(os.path.isabs(r.media) and r.media.endswith(".wav") for r in rows)
+
+
+def test_image_round_trip_keeps_colour(tmp_path):
+    rng = np.random.default_rng(0)
+    a = dict(shape="square", colour="blue", size="large", side="left", count=1)
+    G.render_image(a, rng).save(tmp_path / "x.png")
+    img = load_image(str(tmp_path / "x.png"))
+    assert img.shape == (G.IMG, G.IMG, 3)
+    assert tuple(img[20, 10]) == G.COLOURS["blue"]              # shape centre on the left, PNG is lossless
+    assert img[:, G.IMG // 2 + 4:].max() < 60                  # right half: background only
+
+
+def test_audio_round_trip_pitch(tmp_path):
+    a = dict(pitch="high", pattern="steady", timbre="pure", count=1)
+    import soundfile as sf
+    sf.write(tmp_path / "x.wav", G.render_audio(a, np.random.default_rng(0)), G.SR, subtype="PCM_16")
+    wav = load_audio(str(tmp_path / "x.wav"), G.SR)
+    assert len(wav) == int(G.SR * G.AUDIO_SECONDS)
+    peak = np.abs(np.fft.rfft(wav)).argmax() * G.SR / len(wav)
+    assert abs(peak - G.PITCHES["high"]) / G.PITCHES["high"] < 0.07
+
+
+def test_video_round_trip_direction(tmp_path):
+    a = dict(shape="circle", colour="red", direction="right", speed="quickly")
+    G.write_mp4(str(tmp_path / "x.mp4"), G.render_video(a, np.random.default_rng(0)))
+    frames = load_video(str(tmp_path / "x.mp4"), num_frames=8)
+    assert frames.shape == (8, G.IMG, G.IMG, 3)
+    centroid = lambda f: np.argwhere(f[..., 0] > 150)[:, 1].mean()   # x of red pixels
+    assert centroid(frames[-1]) - centroid(frames[0]) > 10           # moved right by ~3.2 px/frame
+
+
+def _write(path, rows):
+    with open(path, "w") as f:
+        for r in rows:
+            f.write(r if isinstance(r, str) else json.dumps(r))
+            f.write("\n")
+
+
+@pytest.mark.parametrize("row, expect", [
+    ({"modality": "image", "media": "x.png", "instruction": "describe the image."}, "'target'"),
+    ({"modality": "smell", "media": "x.png", "instruction": "q", "target": "t"}, "unknown modality"),
+    ({"modality": "image", "media": "missing.png", "instruction": "q", "target": "t"}, "does not exist"),
+    ('{"modality": "image", "media": ', "not valid JSON"),
+    ({"modality": "text", "instruction": "q", "target": "t", "answers": "t"}, "'answers'"),
+])
+def test_bad_manifest_lines(tmp_path, row, expect):
+    (tmp_path / "x.png").write_bytes(b"")
+    p = str(tmp_path / "train.jsonl")
+    _write(p, [row])
+    with pytest.raises(UserError) as e:
+        read_manifest(p, "t")
+    msg = str(e.value.code)
+    assert expect in msg and f"{p}:1" in msg and "\n" not in msg
+
+
+def test_empty_and_missing_manifest(tmp_path):
+    p = str(tmp_path / "train.jsonl")
+    open(p, "w").close()
+    with pytest.raises(UserError, match="empty task"):
+        read_manifest(p, "t")
+    with pytest.raises(UserError, match="manifest not found"):
+        read_manifest(str(tmp_path / "nope.jsonl"), "t")
+
+
+@pytest.mark.parametrize("loader, name", [(load_image, "x.png"), (lambda p: load_audio(p, 16000), "x.wav"),
+                                          (load_video, "x.mp4")])
+def test_corrupt_media(tmp_path, loader, name):
+    p = tmp_path / name
+    p.write_bytes(b"this is not a media file" * 10)
+    with pytest.raises(UserError) as e:
+        loader(str(p))
+    assert str(p) in str(e.value.code)
+
+
+@pytest.mark.parametrize("flags, expect", [(["--order", "9"], "--order 9 is out of range"),
+                                           (["--scenario", "nope"], "--scenario 'nope' is unknown"),
+                                           (["--data-root", "/no/such/dir"], "--data-root /no/such/dir")])
+def test_cli_bad_flags_one_line(flags, expect, tmp_path):
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "baselines.py"), "--output-dir", str(tmp_path / "o")] + flags,
+                       capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode != 0
+    assert expect in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
