@@ -28,6 +28,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+import warnings
+
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")   # transformers 5 deprecation noise in peft
+
 ROOT = os.path.dirname(os.path.abspath(__file__))
 CACHE = os.environ.get("MLLM_CL_CACHE", os.path.join(ROOT, "cache"))
 
@@ -646,15 +650,18 @@ def target_logits(logits, labels):
 
 def build_model(args):
     """Tasks (with frozen-encoder features attached), text-only set, and the MLLM on args.device."""
+    seed_everything(args.seed)            # projector (and later LoRA) initialisation depends on --seed only
     tasks, text = load_tasks(args)
     tiny = build_tiny() if "tiny" in (args.llm, args.image_encoder, args.audio_encoder) else {}
     pick = lambda v, k: tiny[k] if v == "tiny" else v
     enc = Encoders(pick(args.image_encoder, "image"), pick(args.audio_encoder, "audio"), args.device)
     encode_samples(enc, tasks, cache_dir=os.path.join(CACHE, "features"))
     llm, tok = load_llm(pick(args.llm, "llm"), args.device)
+    seed_everything(args.seed)
     model = MLLM(llm, tok, enc.dims).to(args.device)
     args.fingerprint = {"llm": args.llm, "image_encoder": args.image_encoder, "audio_encoder": args.audio_encoder,
-                        "llm_hidden": llm.config.get_text_config().hidden_size, "vocab": len(tok), "enc_dims": enc.dims}
+                        "llm_hidden": llm.config.get_text_config().hidden_size, "vocab": len(tok), "enc_dims": enc.dims,
+                        "lora_r": args.lora_r, "lora_alpha": args.lora_alpha}
     del enc
     return model, tasks, text
 
@@ -833,9 +840,11 @@ class Run:
         if args.resume and os.path.exists(self._state_path):
             with open(self._state_path) as f:
                 saved = json.load(f)
-            if saved["fingerprint"] != _jsonable(args.fingerprint) or saved["tasks"] != [t.name for t in tasks]:
+            now = dict(_jsonable(args.fingerprint), tasks=[t.name for t in tasks])
+            diff = {k: (v, now.get(k)) for k, v in dict(saved["fingerprint"], tasks=saved["tasks"]).items() if now.get(k) != v}
+            if diff:
                 raise UserError(f"--resume: {self.dir} was made with a different model or task sequence "
-                                f"({saved['fingerprint']} / {saved['tasks']})")
+                                f"(saved vs now: {diff})")
             self.state = saved["state"]
         elif os.path.isdir(self.dir) and os.listdir(self.dir):
             if not os.path.exists(self._state_path):
@@ -878,7 +887,7 @@ class Run:
         atomic_write(self._state_path, json.dumps({"fingerprint": _jsonable(self.args.fingerprint),
                                                    "tasks": [x.name for x in self.tasks], "state": self.state}))
         if t > 0:   # the previous task's checkpoint is no longer needed for resume; keep only the model artefacts
-            prev = os.path.join(self.ckpt_dir(t - 1), "extra.pt")
+            prev = os.path.join(self.ckpt_dir(t - 1), "resume.pt")
             if os.path.exists(prev):
                 os.remove(prev)
         print(f"after step {t + 1}/{len(self.steps)} {self.steps[t]:>10}: {fmt_row(row)} | text {txt:.1f} "
@@ -970,7 +979,7 @@ def draw_matrix(R, steps, names, path, title=""):
 # ================================================================================================== checkpoints
 def save_checkpoint(path, model, extra=None):
     """Per-task checkpoint, written to a temp folder then renamed: `lora/` (peft save_pretrained, every adapter),
-    `projectors.safetensors`, and `extra.pt` (method state needed to resume, e.g. Fisher, replay buffer)."""
+    `projectors.safetensors`, and `resume.pt` (all non-base weights + method state `extra`, e.g. Fisher, replay buffer; kept for the latest task only)."""
     from safetensors.torch import save_file
     tmp = path + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -982,7 +991,7 @@ def save_checkpoint(path, model, extra=None):
     # exact resume state: every parameter that is not the frozen base (LoRA weights of every adapter, projectors)
     base_free = {k: v.detach().cpu() for k, v in model.state_dict().items() if "lora_" in k or k.startswith("projectors.")}
     torch.save({"params": base_free, "adapters": sorted(getattr(model.llm, "peft_config", {})), "extra": extra},
-               os.path.join(tmp, "extra.pt"))
+               os.path.join(tmp, "resume.pt"))
     shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)
 
@@ -990,11 +999,14 @@ def save_checkpoint(path, model, extra=None):
 def load_checkpoint(path, model):
     """Restore what save_checkpoint wrote. Adapters missing from `model` must be re-created by the method first
     (we check, so a mismatch is an error, not silent garbage). Returns the saved `extra`."""
-    blob = torch.load(os.path.join(path, "extra.pt"), weights_only=False)
+    blob = torch.load(os.path.join(path, "resume.pt"), weights_only=False)
     missing = [a for a in blob["adapters"] if a not in getattr(model.llm, "peft_config", {})]
     if missing:
         raise UserError(f"{path}: checkpoint has adapters {missing} that the model does not")
-    res = model.load_state_dict(blob["params"], strict=False)
+    try:
+        res = model.load_state_dict(blob["params"], strict=False)
+    except RuntimeError as e:   # shape mismatch
+        raise UserError(f"{path}: checkpoint does not match this model configuration ({str(e).splitlines()[-1].strip()})")
     if res.unexpected_keys or any("lora_" in k or k.startswith("projectors.") for k in res.missing_keys):
         raise UserError(f"{path}: checkpoint does not match this model configuration")
     return blob["extra"]

@@ -1,0 +1,105 @@
+"""End-to-end behaviour of a run: outputs, resume after a crash, determinism, bad checkpoints (tiny budgets)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from PIL import Image
+
+from common import ROOT
+
+TINY = ["--train-limit", "48", "--test-limit", "8", "--epochs", "1"]
+
+
+def run(script, out, *flags, check=True):
+    r = subprocess.run([sys.executable, os.path.join(ROOT, script), "--output-dir", str(out), *TINY, *flags],
+                       capture_output=True, text=True, cwd=ROOT, timeout=600, env=dict(os.environ, TQDM_DISABLE="1"))
+    if check:
+        assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+def results(out):
+    with open(os.path.join(out, "results.json")) as f:
+        return json.load(f)
+
+
+@pytest.fixture(scope="module")
+def finetune_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ft") / "run"
+    run("baselines.py", out, "--method", "finetune")
+    return out
+
+
+def test_finetune_outputs(finetune_run):
+    r = results(finetune_run)
+    assert r["tasks"] == ["audio-cap", "image-cap", "video-qa", "audio-qa", "image-qa", "video-cap"]
+    assert len(r["R"]) == 6 and all(len(row) == 6 for row in r["R"])
+    assert all(0 <= x <= 100 for row in r["R"] for x in row)
+    assert len(r["zero_shot"]) == 6 and r["metrics"]["text_base"] is not None
+    for k in ("last", "maa", "mft", "bwt", "forgetting", "brg", "text_retention"):
+        assert k in r["metrics"]
+    for k in ("python", "torch", "transformers", "peft", "device", "dtype", "effective_batch_size"):
+        assert k in r["environment"]
+    assert "| metric | value |" in open(finetune_run / "results.md").read()
+    assert Image.open(finetune_run / "matrix.png").size[0] > 300
+    ck = finetune_run / "checkpoints" / "task5_video-cap"
+    assert (ck / "lora" / "adapter_model.safetensors").exists() and (ck / "projectors.safetensors").exists()
+
+
+def test_same_seed_same_results(finetune_run, tmp_path):
+    run("baselines.py", tmp_path / "again", "--method", "finetune")
+    a, b = results(finetune_run), results(tmp_path / "again")
+    assert a["R"] == b["R"] and a["zero_shot"] == b["zero_shot"] and a["text"] == b["text"]
+
+
+def test_resume_after_kill_gives_same_results(finetune_run, tmp_path):
+    out = tmp_path / "killed"
+    p = subprocess.Popen([sys.executable, os.path.join(ROOT, "baselines.py"), "--output-dir", str(out), *TINY,
+                          "--method", "finetune"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         env=dict(os.environ, TQDM_DISABLE="1"))
+    state = out / "state.json"
+    t0 = time.time()
+    while time.time() - t0 < 300:          # kill -9 once two tasks are checkpointed (mid-way through the third)
+        if state.exists() and json.loads(state.read_text())["state"]["done"] >= 2:
+            break
+        time.sleep(0.05)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    done = json.loads(state.read_text())["state"]["done"]
+    assert 2 <= done < 6 and not (out / "results.json").exists()
+    r = run("baselines.py", out, "--method", "finetune", "--resume")
+    assert f"resuming {out} after step {done}/6" in r.stdout
+    a, b = results(finetune_run), results(out)
+    assert a["R"] == b["R"] and a["text"] == b["text"] and a["metrics"] == b["metrics"]
+
+
+def test_resume_with_other_model_config_is_refused(finetune_run, tmp_path):
+    import shutil
+    out = tmp_path / "copy"
+    shutil.copytree(finetune_run, out)
+    r = run("baselines.py", out, "--method", "finetune", "--resume", "--lora-r", "4", check=False)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "different model" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_output_dir_that_is_not_a_run_is_kept(tmp_path):
+    (tmp_path / "precious.txt").write_text("keep me")
+    r = run("baselines.py", tmp_path, "--method", "finetune", check=False)
+    assert r.returncode != 0 and "holds no run" in r.stderr
+    assert (tmp_path / "precious.txt").read_text() == "keep me"
+
+
+def test_joint_single_row(tmp_path):
+    run("baselines.py", tmp_path / "j", "--method", "joint")
+    r = results(tmp_path / "j")
+    assert len(r["R"]) == 1 and r["steps"] == ["joint"] and set(r["metrics"]) >= {"last", "text_retention"}
+
+
+def test_summarize(finetune_run):
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "common.py"), "summarize", str(finetune_run.parent)],
+                       capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert r.returncode == 0 and "| finetune | 1 | 0 |" in r.stdout
