@@ -122,6 +122,7 @@ class Sample:
     feat: torch.Tensor | None = None  # pooled frozen-encoder features (K, D_enc), filled by encode_samples
     task: str = ""
     _ids: tuple | None = field(default=None, repr=False)  # cached (prompt-after-media ids, target ids)
+    references: list | None = None    # captioning: all reference captions for CIDEr-D (default [target])  # cached (prompt-after-media ids, target ids)
 
 
 @dataclass
@@ -176,8 +177,11 @@ def read_manifest(path, task):
             answers = r.get("answers")
             if answers is not None and (not isinstance(answers, list) or not answers or not all(isinstance(a, str) for a in answers)):
                 raise UserError(f"{where}: 'answers' must be a non-empty list of strings")
+            refs = r.get("references")
+            if refs is not None and (not isinstance(refs, list) or not refs or not all(isinstance(a, str) for a in refs)):
+                raise UserError(f"{where}: 'references' must be a non-empty list of strings")
             out.append(Sample(str(r.get("id", f"{task}/{ln}")), r["modality"], r["instruction"], r["target"],
-                              answers, media, task=task))
+                              answers, media, task=task, references=refs))
     if not out:
         raise UserError(f"{path}: the manifest has no samples (empty task)")
     return out
@@ -761,10 +765,10 @@ def cider_d(cands, refs, n=4, sigma=6.0):
 
 
 def score_predictions(samples, preds):
-    """Task score (0-100): mean per-sample score; QA samples by exact match, captions by CIDEr-D (idf over the
-    captions of this set)."""
+    """Task score (0-100): mean per-sample score; QA samples by exact match, captions by CIDEr-D against their
+    `references` (default [target]; idf over the references of this set)."""
     qa = [qa_score(p, s.answers) for s, p in zip(samples, preds) if s.answers is not None]
-    caps = [(p, [s.target]) for s, p in zip(samples, preds) if s.answers is None]
+    caps = [(p, s.references or [s.target]) for s, p in zip(samples, preds) if s.answers is None]
     cap = cider_d([c for c, _ in caps], [r for _, r in caps]) if caps else []
     return float(np.mean(qa + cap))
 

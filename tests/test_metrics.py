@@ -42,6 +42,15 @@ def test_score_predictions_mixes_qa_and_captions():
     assert score_predictions([qa, cap1, cap2], ["red", "a b", "c d"]) == pytest.approx((100 + 50 + 12.5) / 3)
 
 
+def test_multi_reference_captions():
+    # "a b" matches one of two references of sample 1 -> half of the single-reference score (mean over references)
+    one = Sample("1", "image", "d", "a b", references=["a b", "x y"])
+    two = Sample("2", "image", "d", "c e")
+    assert score_predictions([one, two], ["a b", "c d"])  == pytest.approx(
+        sum(cider_d(["a b", "c d"], [["a b", "x y"], ["c e"]])) / 2)
+    assert cider_d(["a b", "c d"], [["a b", "x y"], ["c e"]])[0] < 50.0
+
+
 def test_cl_metrics_hand_computed():
     R = [[80, 10, 0], [60, 90, 5], [40, 70, 85]]
     m = cl_metrics(R)
