@@ -49,6 +49,8 @@ ORDERS = {  # scenario -> order -> task sequence (SPEC 3)
              2: ["image-cap", "video-cap", "video-qa", "image-qa", "audio-cap", "audio-qa"]},
     # MERA's modality-incremental setting: one step per modality, each mixing captioning and QA of that modality
     "mcl": {1: ["image", "video", "audio"], 2: ["image", "audio", "video"]},
+    # MLLM-CL's domain continual learning: RS -> Med -> AD -> Sci -> Fin, one image-QA task per domain
+    "dcl": {1: ["dcl-rs", "dcl-med", "dcl-ad", "dcl-sci", "dcl-fin"]},
 }
 
 

@@ -10,6 +10,8 @@ Worlds (SPEC 3):
   image  shapes: shape, colour, size, side (left/right), count        -> "two small red circles on the left"
   audio  tones:  pitch, pattern (rising/falling/steady/beeping), timbre, count -> "two high buzzy rising tones"
   video  a moving shape: shape, colour, direction, speed              -> "a red circle moving left quickly"
+  dcl    five image-QA domains (dcl-rs, dcl-med, dcl-ad, dcl-sci, dcl-fin) asking the same questions about
+         aerial grids, cells on tissue, road scenes, science diagrams and price charts (MLLM-CL's domain CL)
   text   text-only instructions (facts, counting, copying, arithmetic): never a CL task, used for the base LLM,
          for MoInCL's IKD and to measure "LLM ability retention".
 
@@ -159,6 +161,171 @@ def video_answer(a, key):
     return {"slowly": "slow", "quickly": "fast"}[a[key]] if key == "speed" else a[key]
 
 
+# ------------------------------------------------------------------------------------------------ dcl domain worlds
+# MLLM-CL's domain continual learning (RS -> Med -> AD -> Sci -> Fin) in miniature: five image-QA domains, each with
+# its own visual statistics (background texture, palette, glyphs) and answer vocabulary, but ONE instruction format:
+# every domain asks the same DOMAIN_QUESTIONS, so a router has to look at the image, not the question, to pick the
+# domain expert. Attributes per image: the main object (domain noun), how many (1-3, shared number words) and
+# where (upper / lower half, in the domain's words). The order of the scenario is DOMAIN_ORDER.
+# Backgrounds are dark-to-mid tints (<= ~120 per channel) with bright glyphs: the tiny image encoder was pretrained
+# on the shapes world (dark backgrounds) and its features collapse on near-white images (measured: pink/white
+# backgrounds left ~5% of the within-domain feature variance of the shapes world and made domains inseparable).
+DOMAIN_QUESTIONS = [("what is the main object?", "object"), ("how many are there?", "count"), ("where is it?", "place")]
+DOMAIN_OBJECTS = {
+    "dcl-rs": ["forest", "lake", "building", "tank"],               # remote sensing: aerial farmland grid
+    "dcl-med": ["lymphocyte", "neutrophil", "erythrocyte", "tumor"],  # pathology: cells on pink tissue
+    "dcl-ad": ["car", "truck", "bus", "pedestrian"],                 # autonomous driving: ego-view road
+    "dcl-sci": ["atom", "molecule", "magnet", "prism"],              # science diagrams on white paper
+    "dcl-fin": ["rally", "selloff", "range", "spike"],               # finance: price series on a dark chart
+}
+DOMAIN_PLACES = {"dcl-rs": ("north", "south"), "dcl-med": ("apical", "basal"), "dcl-ad": ("ahead", "nearby"),
+                 "dcl-sci": ("top", "bottom"), "dcl-fin": ("high", "low")}       # (upper half, lower half)
+DOMAIN_ORDER = list(DOMAIN_OBJECTS)
+
+
+def sample_domain_attrs(domain, rng):
+    return dict(object=str(rng.choice(DOMAIN_OBJECTS[domain])), count=int(rng.integers(1, 4)),
+                place=str(rng.choice(DOMAIN_PLACES[domain])))
+
+
+def _noise(rng, base, amp):
+    """(IMG, IMG, 3) uint8 texture: base colour + uniform per-pixel noise of +-amp."""
+    x = np.asarray(base, float)[None, None] + rng.uniform(-amp, amp, (IMG, IMG, 3))
+    return np.clip(x, 0, 255).astype(np.uint8)
+
+
+def _slots(a, rng, top=3, bottom=22, height=15):
+    """Centres of the a['count'] objects: spread along x, inside the upper or lower half (a['place'])."""
+    upper = a["place"] == DOMAIN_PLACES[a["domain"]][0]
+    y0 = top if upper else bottom
+    xs = {1: [20], 2: [11, 29], 3: [7, 20, 33]}[a["count"]]
+    return [(x + int(rng.integers(-2, 3)), y0 + height // 2 + int(rng.integers(-2, 3))) for x in xs]
+
+
+def _render_rs(a, rng):
+    fields = [(100, 80, 30), (85, 95, 35), (110, 90, 45), (90, 75, 25)]   # dusk-lit farmland parcels
+    img = np.zeros((IMG, IMG, 3), np.uint8)
+    for i in range(4):                                     # 4 x 4 grid of parcels, 10 px each
+        for j in range(4):
+            img[i * 10:(i + 1) * 10, j * 10:(j + 1) * 10] = fields[int(rng.integers(len(fields)))]
+    img = Image.fromarray(np.clip(img.astype(int) + rng.integers(-6, 7, img.shape), 0, 255).astype(np.uint8))
+    d = ImageDraw.Draw(img)
+    for x, y in _slots(a, rng):
+        if a["object"] == "forest":                        # cluster of tree crowns
+            for dx, dy in [(-2, -2), (2, -1), (0, 2)]:
+                d.ellipse([x + dx - 3, y + dy - 3, x + dx + 3, y + dy + 3], fill=(30, 200, 40))
+        elif a["object"] == "lake":
+            d.ellipse([x - 5, y - 3, x + 5, y + 3], fill=(40, 70, 230))
+        elif a["object"] == "building":                    # flat roof
+            d.rectangle([x - 4, y - 4, x + 4, y + 4], fill=(200, 200, 200))
+        else:                                              # storage tank: yellow disc
+            d.ellipse([x - 4, y - 4, x + 4, y + 4], fill=(230, 210, 30))
+    return img
+
+
+def _render_med(a, rng):
+    img = Image.fromarray(_noise(rng, (110, 30, 90), 8))    # stained tissue (dark-field)
+    d = ImageDraw.Draw(img)
+    for _ in range(3):                                     # stroma fibres
+        y = int(rng.integers(0, IMG))
+        d.line([(0, y), (IMG, y + int(rng.integers(-8, 9)))], fill=(135, 50, 110), width=1)
+    for x, y in _slots(a, rng):
+        if a["object"] == "lymphocyte":                    # small, dense nucleus
+            d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=(150, 60, 230))
+        elif a["object"] == "neutrophil":                  # pale cytoplasm, three nuclear lobes
+            d.ellipse([x - 5, y - 5, x + 5, y + 5], fill=(230, 150, 210))
+            for dx, dy in [(-2, -1), (2, -1), (0, 2)]:
+                d.ellipse([x + dx - 1, y + dy - 1, x + dx + 1, y + dy + 1], fill=(90, 30, 130))
+        elif a["object"] == "erythrocyte":                 # red disc
+            d.ellipse([x - 4, y - 4, x + 4, y + 4], fill=(220, 30, 30))
+        else:                                              # tumour: large irregular mass
+            pts = [(x + int(6 * np.cos(t) + rng.integers(-2, 2)), y + int(6 * np.sin(t) + rng.integers(-2, 2)))
+                   for t in np.linspace(0, 2 * np.pi, 8, endpoint=False)]
+            d.polygon(pts, fill=(240, 140, 30))
+    return img
+
+
+def _render_ad(a, rng):
+    img = Image.new("RGB", (IMG, IMG), (30, 100, 30))      # verge
+    d = ImageDraw.Draw(img)
+    d.rectangle([0, 0, IMG, 11], fill=(60, 100, 170))      # sky
+    d.polygon([(16, 12), (24, 12), (IMG, IMG), (0, IMG)], fill=(50, 50, 50))   # road to the horizon
+    for y in range(14, IMG, 6):                            # dashed centre lane
+        d.line([(20, y), (20, y + 2)], fill=(150, 150, 150))
+    arr = np.asarray(img).astype(int) + rng.integers(-5, 6, (IMG, IMG, 3))
+    img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+    d = ImageDraw.Draw(img)
+    for x, y in _slots(a, rng, top=13, bottom=25, height=12):
+        if a["object"] == "car":
+            d.rectangle([x - 3, y - 2, x + 3, y + 2], fill=(220, 30, 30))
+        elif a["object"] == "truck":
+            d.rectangle([x - 4, y - 4, x + 4, y + 4], fill=(220, 220, 230))
+        elif a["object"] == "bus":
+            d.rectangle([x - 5, y - 3, x + 5, y + 3], fill=(230, 210, 30))
+        else:                                              # pedestrian: head + body
+            d.ellipse([x - 1, y - 5, x + 1, y - 3], fill=(30, 200, 220))
+            d.rectangle([x - 1, y - 2, x + 1, y + 4], fill=(30, 200, 220))
+    return img
+
+
+def _render_sci(a, rng):
+    img = Image.fromarray(_noise(rng, (40, 90, 170), 4))    # blueprint paper
+    d = ImageDraw.Draw(img)
+    d.rectangle([1, 1, IMG - 2, IMG - 2], outline=(140, 170, 220))   # diagram frame
+    d.line([(1, 20), (IMG - 2, 20)], fill=(70, 110, 180))  # panel divider
+    for x, y in _slots(a, rng):
+        if a["object"] == "atom":                          # orbit + nucleus
+            d.ellipse([x - 5, y - 3, x + 5, y + 3], outline=(240, 240, 240))
+            d.ellipse([x - 1, y - 1, x + 1, y + 1], fill=(220, 30, 30))
+        elif a["object"] == "molecule":                    # two atoms and a bond
+            d.line([(x - 3, y), (x + 3, y)], fill=(240, 240, 240))
+            d.ellipse([x - 6, y - 2, x - 2, y + 2], fill=(30, 200, 40))
+            d.ellipse([x + 2, y - 2, x + 6, y + 2], fill=(220, 30, 30))
+        elif a["object"] == "magnet":                      # red north half, white south half
+            d.rectangle([x - 5, y - 2, x, y + 2], fill=(220, 30, 30))
+            d.rectangle([x, y - 2, x + 5, y + 2], fill=(240, 240, 240))
+        else:                                              # prism: yellow triangle
+            d.polygon([(x, y - 5), (x - 5, y + 4), (x + 5, y + 4)], fill=(230, 210, 30))
+    return img
+
+
+def _render_fin(a, rng):
+    img = Image.fromarray(_noise(rng, (15, 15, 25), 4))    # dark chart
+    d = ImageDraw.Draw(img)
+    for y in range(5, IMG, 8):                             # price grid
+        d.line([(0, y), (IMG, y)], fill=(45, 45, 60))
+    upper = a["place"] == DOMAIN_PLACES["dcl-fin"][0]
+    y0 = 3 if upper else 22                                # the series live in the upper or lower half (15 px)
+    xs = np.arange(3, 38, 5)                               # 7 candles
+    shape = {"rally": np.linspace(8, 0, 7), "selloff": np.linspace(0, 8, 7), "range": np.array([4, 3, 5, 3, 4, 3, 4]),
+             "spike": np.array([8, 8, 7, 0, 7, 8, 8])}[a["object"]]   # y offset inside the half (0 = top)
+    for k, colour in enumerate([(40, 220, 80), (230, 60, 60), (240, 220, 40)][:a["count"]]):   # one series each,
+        ys = y0 + np.clip(shape + int(rng.integers(-1, 2)), 0, 8) + 3 * k                   # 3 px apart
+        d.line([(int(x), int(y)) for x, y in zip(xs, ys)], fill=colour, width=1)
+        for x, y in zip(xs, ys):                           # candle bodies on the line
+            d.rectangle([int(x) - 1, int(y) - 1, int(x), int(y) + 1], fill=colour)
+    return img
+
+
+DOMAIN_RENDER = {"dcl-rs": _render_rs, "dcl-med": _render_med, "dcl-ad": _render_ad, "dcl-sci": _render_sci,
+                 "dcl-fin": _render_fin}
+
+
+def make_domain_example(domain, rng):
+    """One (media, instruction, target, answers) draw of a dcl domain; the question is drawn independently of
+    the domain (same DOMAIN_QUESTIONS everywhere), the answer comes from the domain's vocabulary."""
+    a = dict(sample_domain_attrs(domain, rng), domain=domain)
+    img = DOMAIN_RENDER[domain](a, rng)
+    q, key = DOMAIN_QUESTIONS[int(rng.integers(len(DOMAIN_QUESTIONS)))]
+    ans = NUMBERS[a["count"]] if key == "count" else a[key]
+    return img, q, ans, [ans]
+
+
+DOMAINS = {d: (sample_domain_attrs, make_domain_example) for d in DOMAIN_ORDER}
+EXPERT_LETTERS = "ABCDEFGHIJ"      # MR-LoRA's router answers with one of these letters (mr_lora.py)
+ROUTER_WORDS = ["choose", "the", "expert", "for", "this", "request", ":", ",", "."]   # its prompt's words
+
+
 # ------------------------------------------------------------------------------------------------ text-only set
 FACTS = [("what colour is the sky?", "blue"), ("what colour is grass?", "green"), ("what colour is the sun?", "yellow"),
          ("what colour is blood?", "red"), ("what is the opposite of left?", "right"),
@@ -205,6 +372,7 @@ WORLDS = {  # modality -> (sample attrs, render, caption, answer, questions)
 # "mixed" = each sample is captioning or QA with probability 1/2 (the mcl scenario: one step per modality)
 TASKS = {f"{m}-{k}": (m, k) for m in WORLDS for k in ("cap", "qa")}
 TASKS.update({m: (m, "mixed") for m in WORLDS})
+TASKS.update({d: ("image", "domain") for d in DOMAINS})      # dcl: kind "domain" = QA drawn by make_domain_example
 SIZES_PER_SPLIT = {"train": 320, "test": 64}
 TEXT_SIZES = {"train": 2000, "test": 200}
 
@@ -260,7 +428,8 @@ def write_task(root, name, seed, sizes=SIZES_PER_SPLIT):
         rng = _rng(seed, name, split)
         rows = []
         for i in range(n):
-            media, instr, target, answers = make_example(modality, kind, rng)
+            media, instr, target, answers = (make_domain_example(name, rng) if kind == "domain" else
+                                             make_example(modality, kind, rng))
             rel = f"media/{split}_{i:04d}.{EXT[modality]}"
             write_media(os.path.join(d, rel), modality, media)
             row = {"id": f"{name}/{split}/{i}", "modality": modality, "media": rel, "instruction": instr, "target": target}
@@ -311,6 +480,13 @@ def text_corpus(seed=12345, n_per_task=400, n_text=4000):
     for name, (modality, kind) in sorted(TASKS.items()):
         if kind == "mixed":          # same sentences as its -cap and -qa tasks
             continue
+        if kind == "domain":
+            rng = _rng(seed, name, "pretrain")
+            for _ in range(n_per_task):
+                a = sample_domain_attrs(name, rng)
+                q, key = DOMAIN_QUESTIONS[int(rng.integers(len(DOMAIN_QUESTIONS)))]
+                pairs.append((modality, q, NUMBERS[a["count"]] if key == "count" else a[key]))
+            continue
         sample_attrs, _, caption, answer, questions = WORLDS[modality]
         rng = _rng(seed, name, "pretrain")
         for _ in range(n_per_task):
@@ -334,6 +510,9 @@ def vocabulary():
         words |= set(_split_words(q)) | set(_split_words(a))
     for q, a in FACTS:
         words |= set(_split_words(q)) | set(_split_words(a))
+    words |= set(EXPERT_LETTERS) | set(ROUTER_WORDS)                  # MR-LoRA's router prompt and answers
+    for name in TASKS:                                               # task names (router's expert descriptions)
+        words |= set(_split_words(name))
     return sorted(words)
 
 

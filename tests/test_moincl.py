@@ -1,0 +1,136 @@
+"""MoInCL: distillation losses, PTGM pseudo samples, the frozen teacher, and a tiny-budget run."""
+import copy
+import json
+import os
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import moincl as M
+from common import MLLM, ROOT, Sample, Task, _build_tokenizer, add_lora, make_optimizer
+
+
+def _tiny_model():
+    from transformers import LlamaConfig, LlamaForCausalLM
+    words = ["describe", "the", "image", "audio", ".", "answer", ":", "red", "blue", "what", "colour", "?", "repeat", "cat"]
+    tok = _build_tokenizer(words)
+    torch.manual_seed(0)
+    llm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                       num_attention_heads=2, num_key_value_heads=2, bos_token_id=tok.bos_token_id,
+                                       eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id))
+    for p in llm.parameters():
+        p.requires_grad_(False)
+    return MLLM(llm, tok, {"image": 8, "audio": 8})
+
+
+ARGS = SimpleNamespace(lora_r=4, lora_alpha=8, lr=1e-2, device="cpu", seed=0, eval_batch_size=8, pseudo_per_batch=2,
+                       kd_weight=1.0, kd_temperature=5.0, ikd_weight=1.0)
+
+
+def _tasks():
+    torch.manual_seed(1)
+    img = lambda i, instr, tgt, ans: Sample(f"i{i}", "image", instr, tgt, ans, f"/m/i{i}.png", torch.randn(3, 8), "x")
+    aud = lambda i, instr, tgt, ans: Sample(f"a{i}", "audio", instr, tgt, ans, f"/m/a{i}.wav", torch.randn(3, 8), "x")
+    image_cap = Task("image-cap", [img(i, "describe the image.", "red", None) for i in range(4)], [])
+    audio_qa = Task("audio-qa", [aud(i, "what colour ?", "blue", ["blue"]) for i in range(4)], [])
+    image_qa = Task("image-qa", [img(10 + i, "what colour ?", "red", ["red"]) for i in range(4)], [])
+    audio_cap = Task("audio-cap", [aud(10 + i, "describe the audio.", "blue", None) for i in range(4)], [])
+    text = [Sample(f"t{i}", "text", "repeat : cat", "cat", ["cat"]) for i in range(3)]
+    return [image_cap, audio_qa, image_qa, audio_cap], text
+
+
+def test_kd_loss_zero_iff_student_equals_teacher():
+    torch.manual_seed(0)
+    z = torch.randn(10, 50)
+    assert M.kd_loss(z, z.clone(), T=5.0).item() == pytest.approx(0.0, abs=1e-6)
+    assert M.kd_loss(z + torch.randn(10, 50), z, T=5.0).item() > 0
+    s, t, T = torch.randn(3, 7), torch.randn(3, 7), 5.0        # T^2 KL(teacher || student), by hand
+    pt, ps = (t / T).softmax(-1), (s / T).softmax(-1)
+    assert M.kd_loss(s, t, T).item() == pytest.approx((T * T * (pt * (pt.log() - ps.log())).sum(-1).mean()).item(), rel=1e-5)
+
+
+def test_model_level_kd_terms_vanish_for_an_unchanged_student():
+    model = _tiny_model()
+    add_lora(model, ARGS)
+    torch.nn.init.normal_(next(p for n, p in model.named_parameters() if "lora_B" in n))   # LoRA != identity
+    teacher = M.frozen_teacher(model)
+    tasks, text = _tasks()
+    pseudo = [M.dataclasses.replace(s, target="red blue", _ids=None) for s in tasks[1].train[:2]]
+    b = model.collate(tasks[1].train + pseudo)
+    logits = model(b)
+    assert M.ptgm_kd(logits, b, teacher, pseudo, 5.0).item() == pytest.approx(0.0, abs=1e-5)
+    assert M.ikd_loss(model, teacher, text, 5.0).item() == pytest.approx(0.0, abs=1e-5)
+    with torch.no_grad():
+        model.projectors["audio"][1].weight.add_(1.0)
+        next(p for n, p in model.named_parameters() if "lora_A" in n).add_(0.5)
+    assert M.ptgm_kd(model(b), b, teacher, pseudo, 5.0).item() > 1e-4
+    assert M.ikd_loss(model, teacher, text, 5.0).item() > 1e-4
+
+
+def test_pseudo_samples_use_current_media_and_earlier_type_instruction():
+    model = _tiny_model()
+    add_lora(model, ARGS)
+    tasks, _ = _tasks()
+    assert M.make_pseudo(model, tasks, 0, ARGS) == {}                  # nothing learned before task 1
+    pool = M.make_pseudo(model, tasks, 2, ARGS)                         # image-qa after cap + qa: captions only
+    assert all(len(ps) == 1 and ps[0].instruction == "describe the image." for ps in pool.values())
+    # task 2 audio-qa after image-cap: pseudo captions of the audio clips, "describe the audio."
+    pool = M.make_pseudo(model, tasks, 1, ARGS)
+    assert set(pool) == {s.id for s in tasks[1].train}
+    for s in tasks[1].train:
+        (p,) = pool[s.id]
+        assert p.instruction == "describe the audio." and p.answers is None
+        assert p.media == s.media and p.feat is s.feat and p.modality == "audio"
+        assert p.id != s.id and s.instruction == "what colour ?"        # the current sample is left as it was
+    teacher_says = model.generate([pool[s.id][0] for s in tasks[1].train])
+    assert [pool[s.id][0].target for s in tasks[1].train] == teacher_says   # targets come from the teacher
+    # task 4 audio-cap after image-cap, audio-qa, image-qa: pseudo QA with the audio question bank
+    pool = M.make_pseudo(model, tasks, 3, ARGS)
+    for s in tasks[3].train:
+        (p,) = pool[s.id]
+        assert p.instruction == "what colour ?" and p.answers == [p.target] and p.feat is s.feat
+    assert M.question_bank(tasks, 3, "audio") == ["what colour ?"]
+    # a batch gets pseudo samples made from its own first k samples
+    batch = tasks[3].train[1:]
+    got = M.pseudo_for(batch, pool, 2)
+    assert [p.media for p in got] == [s.media for s in batch[:2]]
+    assert M.pseudo_for(batch, {}, 2) == []
+
+
+def test_teacher_frozen_and_bit_identical_after_student_step():
+    model = _tiny_model()
+    add_lora(model, ARGS)
+    tasks, text = _tasks()
+    teacher = M.frozen_teacher(model)
+    assert not any(p.requires_grad for p in teacher.parameters()) and not teacher.training
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    student_before = {k: v.clone() for k, v in model.state_dict().items()}
+    pool = M.make_pseudo(teacher, tasks, 1, ARGS)
+    opt = make_optimizer(model, ARGS)
+    terms = M.train_step(model, teacher, opt, tasks[1].train, pool, text, ARGS)
+    assert set(terms) == {"ce", "kd", "ikd"}
+    assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in before.items())
+    assert any(not torch.equal(v, model.state_dict()[k]) for k, v in student_before.items())   # the student moved
+    # LoRA fusion with a = 0 resets the LoRA weights to the teacher's; a = 1 leaves the student unchanged
+    lora = lambda m: {n: p.clone() for n, p in m.named_parameters() if "lora_" in n}
+    now = lora(model)
+    M.lora_fusion(model, teacher, 1.0)
+    assert all(torch.equal(v, lora(model)[n]) for n, v in now.items())
+    M.lora_fusion(model, teacher, 0.0)
+    assert all(torch.equal(v, lora(teacher)[n]) for n, v in lora(model).items())
+
+
+def test_smoke_run(tmp_path):
+    out = tmp_path / "moincl"
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "moincl.py"), "--output-dir", str(out),
+                        "--train-limit", "16", "--test-limit", "8", "--epochs", "1"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=300, env=dict(os.environ, TQDM_DISABLE="1"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((out / "results.json").read_text())
+    assert res["method"] == "moincl"
+    assert len(res["R"]) == 6 and all(len(row) == 6 for row in res["R"])
+    assert "text_retention" in res["metrics"]
+    assert "pseudo ['qa']" in r.stdout and "pseudo ['cap']" in r.stdout     # order 1 uses both pseudo types

@@ -1,0 +1,133 @@
+"""MR-LoRA: router prompt / letter parsing and fallback, expert isolation, router replay buffer, dcl data, smoke run."""
+import copy
+import json
+import os
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+import mr_lora as M
+from common import ROOT, MLLM, Sample, Task, add_lora, load_image, read_manifest
+from data import generate as G
+
+
+# ------------------------------------------------------------------------------------------ router prompt / parsing
+def test_router_prompt_lists_seen_experts_and_keeps_request():
+    q = M.router_prompt("what is the main object?", ["dcl-rs", "dcl-med"])
+    assert q == "choose the expert for this request : A dcl rs , B dcl med . request : what is the main object?"
+    vocab = set(G.vocabulary())          # the tiny word-level tokenizer must know every prompt word and letter
+    for names in (M.ORDERS["micl"][1], M.ORDERS["dcl"][1], M.ORDERS["mcl"][1]):
+        assert set(G._split_words(M.router_prompt("", names))) <= vocab
+    assert set(G.EXPERT_LETTERS) <= vocab
+
+
+def test_parse_letter_and_deterministic_fallback():
+    assert M.parse_letter("B", 3) == 1 and M.parse_letter(" C. ", 3) == 2 and M.parse_letter("A expert", 1) == 0
+    for garbage in ["", "zzz", "b", "a", "D", "J", "AB", "expert B"]:
+        assert M.parse_letter(garbage, 3) is None, garbage
+    picks, fell = M.route(["A", "", "zzz", "b", "D", "C"], 3)
+    assert picks == [0, 2, 2, 2, 2, 2]                        # fallback = the most recent expert (index n-1)
+    assert fell == [False, True, True, True, True, False] and sum(fell) == 4
+    assert M.route(["", "zzz"], 3) == M.route(["", "zzz"], 3)   # deterministic
+
+
+def test_router_sample_targets_letter_and_clears_token_cache():
+    s = Sample("x/1", "image", "how many are there?", "two", ["two"], None, torch.zeros(2, 4), "dcl-med", _ids=(1, 2, 3))
+    r = M.router_sample(s, ["dcl-rs", "dcl-med"], 1)
+    assert r.target == "B" and r.answers == ["B"] and r._ids is None and r.feat is s.feat and r.task == "dcl-med"
+    assert r.instruction.endswith("request : how many are there?") and s.target == "two"
+
+
+# ------------------------------------------------------------------------------------------ replay buffer
+def test_router_buffer_has_router_samples_per_seen_task():
+    args = SimpleNamespace(seed=0, router_samples=20)
+    tasks = [Task(n, [Sample(f"{n}/{i}", "text", f"q{i}", "a") for i in range(50)], []) for n in ["image-qa", "audio-cap", "video-qa"]]
+    buffer = [M.draw_router_samples(task, args, t) for t, task in enumerate(tasks)]
+    assert [len(b) for b in buffer] == [20, 20, 20] and all(len(set(b)) == 20 for b in buffer)
+    assert buffer[0] == M.draw_router_samples(tasks[0], args, 0)        # same draw on resume
+    data = M.router_data(tasks, buffer, 1)                              # step 2: only tasks 1 and 2 are seen
+    assert len(data) == 40 and [d.target for d in data] == ["A"] * 20 + ["B"] * 20
+    assert all("A image qa , B audio cap ." in d.instruction and "C " not in d.instruction for d in data)
+    assert len(M.router_data(tasks, buffer, 2)) == 3 * args.router_samples
+
+
+# ------------------------------------------------------------------------------------------ expert isolation
+def _tiny_model():
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from common import _build_tokenizer
+    tok = _build_tokenizer(["describe", "the", "image", ".", "answer", ":", "red", "blue"])
+    torch.manual_seed(0)
+    llm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                       num_attention_heads=2, num_key_value_heads=2, bos_token_id=tok.bos_token_id,
+                                       eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id))
+    for p in llm.parameters():
+        p.requires_grad_(False)
+    return MLLM(llm, tok, {"image": 8})
+
+
+def test_training_expert_k_leaves_earlier_experts_and_router_bit_identical():
+    model = _tiny_model()
+    args = SimpleNamespace(lora_r=4, lora_alpha=8, lr=1e-2, batch_size=4, epochs=1, max_steps=None, device="cpu", seed=0)
+    base = copy.deepcopy(model.projectors)
+    data = [Sample(str(i), "image", "describe the image.", ["red", "blue"][i % 2], None, None, torch.randn(3, 8))
+            for i in range(8)]
+    projectors = {}
+    for name in ["expert0", "router", "expert1"]:
+        add_lora(model, args, name)
+        projectors[name] = copy.deepcopy(base)
+    M.train(model, projectors, "expert0", data, args, 0)
+    M.train(model, projectors, "router", data, args, 0)
+    snap = lambda: {k: v.clone() for k, v in model.state_dict().items() if "lora_" in k}
+    before, proj_before = snap(), {n: copy.deepcopy(p.state_dict()) for n, p in projectors.items()}
+    M.train(model, projectors, "expert1", data, args, 1)
+    after = snap()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(".expert1." in k for k in changed)            # expert 1 learned, nothing else moved
+    assert any(".expert0." in k for k in before) and any(".router." in k for k in before)
+    for n in ["expert0", "router"]:
+        assert all(torch.equal(v, projectors[n].state_dict()[k]) for k, v in proj_before[n].items())
+    assert not all(torch.equal(v, projectors["expert1"].state_dict()[k]) for k, v in proj_before["expert1"].items())
+    assert all(torch.equal(v, model.projectors.state_dict()[k]) for k, v in projectors["expert1"].state_dict().items())
+
+
+# ------------------------------------------------------------------------------------------ dcl data
+def test_dcl_files_round_trip_with_domain_vocabulary(tmp_path):
+    root = str(tmp_path)
+    assert M.ORDERS["dcl"][1] == ["dcl-rs", "dcl-med", "dcl-ad", "dcl-sci", "dcl-fin"]
+    means, questions = {}, set()
+    for d in M.ORDERS["dcl"][1]:
+        G.write_task(root, d, seed=0, sizes={"train": 12})
+        rows = read_manifest(os.path.join(root, d, "train.jsonl"), d)
+        vocab = set(G.DOMAIN_OBJECTS[d]) | set(G.DOMAIN_PLACES[d]) | set(G.NUMBERS[1:4])
+        assert all(r.modality == "image" and r.answers == [r.target] and r.target in vocab for r in rows)
+        assert {r.target for r in rows} & set(G.DOMAIN_OBJECTS[d] + list(G.DOMAIN_PLACES[d]))   # domain words appear
+        imgs = [load_image(r.media) for r in rows]
+        assert all(im.shape == (G.IMG, G.IMG, 3) for im in imgs)
+        means[d] = np.mean([im.reshape(-1, 3).mean(0) for im in imgs], 0)
+        questions |= {r.instruction for r in rows}
+    assert questions <= {q for q, _ in G.DOMAIN_QUESTIONS}               # one instruction format for every domain
+    ds = list(means)
+    for i in range(len(ds)):                                            # distinct visual statistics (mean colour)
+        for j in range(i + 1, len(ds)):
+            assert np.abs(means[ds[i]] - means[ds[j]]).max() > 15, (ds[i], ds[j])
+    corpus = {(q, a) for _, q, a in G.text_corpus(n_per_task=50, n_text=0)}
+    assert ("what is the main object?", "lymphocyte") in corpus or ("what is the main object?", "tumor") in corpus
+
+
+# ------------------------------------------------------------------------------------------ smoke run
+def test_smoke_micl(tmp_path):
+    out = tmp_path / "run"
+    env = dict(os.environ, TQDM_DISABLE="1")
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "mr_lora.py"), "--train-limit", "16", "--test-limit", "8",
+                        "--epochs", "1", "--router-epochs", "1", "--output-dir", str(out)], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.load(open(out / "results.json"))
+    assert len(res["R"]) == 6 and all(len(row) == 6 for row in res["R"])
+    assert 0 <= res["metrics"]["router_accuracy"] <= 100 and res["metrics"]["router_fallbacks"] >= 0
+    assert len(res["metrics"]["router_accuracy_steps"]) == 6
+    assert os.path.isdir(out / "checkpoints" / "task5_video-cap" / "lora" / "expert5")
