@@ -1035,7 +1035,8 @@ def summarize(root):
     out = []
     for scen in sorted({k[0] for k in groups}):
         keys = [k for k in SUMMARY_KEYS if any(k in r["metrics"] for g, rs in groups.items() if g[0] == scen for r in rs)]
-        out += [f"\n#### {scen}\n", "| method | order | seeds | " + " | ".join(keys) + " |", "|---" * (len(keys) + 3) + "|"]
+        out += [f"\n#### {scen}\n", "| method | order | seeds | " + " | ".join(keys) + " | minutes |",
+                "|---" * (len(keys) + 4) + "|"]
         for (s, order, method), rs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][2])):
             if s != scen:
                 continue
@@ -1044,7 +1045,8 @@ def summarize(root):
                 v = [r["metrics"][k] for r in rs if k in r["metrics"]]
                 cells.append(f"{np.mean(v):.1f} ± {np.std(v):.1f}" if v else "-")
             seeds = ",".join(str(r["args"]["seed"]) for r in rs)
-            out.append(f"| {method} | {order} | {seeds} | " + " | ".join(cells) + " |")
+            minutes = np.mean([r["timings"]["total_s"] for r in rs]) / 60     # train + eval, model build excluded
+            out.append(f"| {method} | {order} | {seeds} | " + " | ".join(cells) + f" | {minutes:.1f} |")
     return "\n".join(out)
 
 

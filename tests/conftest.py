@@ -1,6 +1,44 @@
+import json
 import os
+import signal
+import subprocess
 import sys
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 os.environ.setdefault("TQDM_DISABLE", "1")
+
+
+def run_script(script, out, *flags, check=True, timeout=300):
+    """Run `python <script> --output-dir out <flags>` from the repository root; returns the CompletedProcess."""
+    r = subprocess.run([sys.executable, os.path.join(ROOT, script), "--output-dir", str(out), *flags],
+                       capture_output=True, text=True, cwd=ROOT, timeout=timeout, env=dict(os.environ, TQDM_DISABLE="1"))
+    if check:
+        assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+def kill_and_resume(script, out, *flags, after=1):
+    """Start a run, kill -9 it as soon as `after` tasks are checkpointed, check nothing looks finished, then
+    `--resume` it to the end. Returns the number of tasks that were done at the kill."""
+    p = subprocess.Popen([sys.executable, os.path.join(ROOT, script), "--output-dir", str(out), *flags], cwd=ROOT,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ, TQDM_DISABLE="1"))
+    state, t0 = os.path.join(out, "state.json"), time.time()
+    while time.time() - t0 < 300:
+        if os.path.exists(state) and json.load(open(state))["state"]["done"] >= after:
+            break
+        time.sleep(0.02)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    done = json.load(open(state))["state"]["done"]
+    assert done >= after and not os.path.exists(os.path.join(out, "results.json"))
+    r = run_script(script, out, *flags, "--resume")
+    assert f"resuming {out} after step {done}/" in r.stdout
+    return done
+
+
+def same_results(a, b):
+    """R, text-only row and metrics of two finished runs are identical."""
+    ra, rb = (json.load(open(os.path.join(d, "results.json"))) for d in (a, b))
+    return all(ra[k] == rb[k] for k in ("R", "zero_shot", "text", "metrics"))

@@ -1,14 +1,11 @@
 """Baselines: properties of each method's loss (EWC, O-LoRA, LwF), the replay buffer size, and a tiny-budget run."""
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
 from baselines import draw_buffer, ewc_penalty, kd_loss, orthogonality_loss
-from common import ROOT
+from conftest import kill_and_resume, run_script, same_results
 
 
 def test_ewc_penalty_zero_at_anchor_and_quadratic():
@@ -61,16 +58,29 @@ def test_replay_buffer_is_two_percent_per_task():
     assert draw_buffer(320, 0.02, seed=0) == idx and draw_buffer(320, 0.02, seed=1) != idx   # seeded
 
 
-@pytest.mark.parametrize("method", ["ewc", "olora"])
-def test_baseline_smoke(method, tmp_path):
-    out = tmp_path / method
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "baselines.py"), "--method", method,
-                        "--output-dir", str(out), "--train-limit", "16", "--test-limit", "8", "--epochs", "1"],
-                       capture_output=True, text=True, cwd=ROOT, timeout=300, env=dict(os.environ, TQDM_DISABLE="1"))
-    assert r.returncode == 0, r.stderr[-3000:]
+SMOKE = ["--train-limit", "16", "--test-limit", "8", "--epochs", "1"]
+
+
+@pytest.fixture(scope="module", params=["ewc", "olora"])
+def smoke(request, tmp_path_factory):
+    out = tmp_path_factory.mktemp(request.param) / "run"
+    run_script("baselines.py", out, "--method", request.param, *SMOKE)
+    return request.param, out
+
+
+def test_baseline_smoke(smoke):
+    method, out = smoke
     res = json.loads((out / "results.json").read_text())
     assert len(res["R"]) == 6 and all(len(row) == 6 for row in res["R"])
     assert "bwt" in res["metrics"] and "text_retention" in res["metrics"]
     if method == "olora":   # one adapter per task saved
         lora = out / "checkpoints" / "task5_video-cap" / "lora"
         assert all((lora / f"task{t}").is_dir() for t in range(6))
+
+
+@pytest.mark.parametrize("smoke", ["ewc"], indirect=True)       # (O-LoRA's adapters resume as MR-LoRA's experts do)
+def test_baseline_resume_after_kill(smoke, tmp_path):
+    """EWC's accumulated Fisher and anchor survive a crash: same final results."""
+    method, out = smoke
+    kill_and_resume("baselines.py", tmp_path / "killed", "--method", method, *SMOKE)
+    assert same_results(out, tmp_path / "killed")

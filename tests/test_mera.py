@@ -3,8 +3,6 @@
 import functools
 import json
 import os
-import subprocess
-import sys
 from types import SimpleNamespace
 
 import pytest
@@ -12,8 +10,8 @@ import torch
 
 import common as C
 import mera
+from conftest import kill_and_resume, run_script, same_results
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @functools.lru_cache(maxsize=1)
@@ -125,11 +123,23 @@ def test_ablation_run_names(flags, name):
         mera.get_args(["--replay-ratio", "0"])
 
 
-def test_smoke_run_mcl(tmp_path):
-    out = tmp_path / "run"
-    env = dict(os.environ, TQDM_DISABLE="1", OMP_NUM_THREADS="1")
-    subprocess.run([sys.executable, "mera.py", "--scenario", "mcl", "--train-limit", "16", "--test-limit", "8",
-                    "--epochs", "1", "--output-dir", str(out)], cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)
-    res = json.load(open(out / "results.json"))
+SMOKE = ["--scenario", "mcl", "--train-limit", "16", "--test-limit", "8", "--epochs", "1"]
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("mera") / "run"
+    run_script("mera.py", out, *SMOKE)
+    return out
+
+
+def test_smoke_run_mcl(smoke):
+    res = json.load(open(smoke / "results.json"))
     assert len(res["R"]) == 3 and all(len(row) == 3 for row in res["R"])
     assert "brg" in res["metrics"] and res["method"] == "mera"
+
+
+def test_resume_after_kill_gives_same_results(smoke, tmp_path):
+    """The merged base weights are rebuilt from the merge history on --resume: same final results."""
+    kill_and_resume("mera.py", tmp_path / "killed", *SMOKE)
+    assert same_results(smoke, tmp_path / "killed")

@@ -1,16 +1,14 @@
 """MoInCL: distillation losses, PTGM pseudo samples, the frozen teacher, and a tiny-budget run."""
 import copy
 import json
-import os
-import subprocess
-import sys
 from types import SimpleNamespace
 
 import pytest
 import torch
 
 import moincl as M
-from common import MLLM, ROOT, Sample, Task, _build_tokenizer, add_lora, make_optimizer
+from conftest import kill_and_resume, run_script, same_results
+from common import MLLM, Sample, Task, _build_tokenizer, add_lora, make_optimizer
 
 
 def _tiny_model():
@@ -123,14 +121,25 @@ def test_teacher_frozen_and_bit_identical_after_student_step():
     assert all(torch.equal(v, lora(teacher)[n]) for n, v in lora(model).items())
 
 
-def test_smoke_run(tmp_path):
-    out = tmp_path / "moincl"
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "moincl.py"), "--output-dir", str(out),
-                        "--train-limit", "16", "--test-limit", "8", "--epochs", "1"],
-                       capture_output=True, text=True, cwd=ROOT, timeout=300, env=dict(os.environ, TQDM_DISABLE="1"))
-    assert r.returncode == 0, r.stderr[-3000:]
+SMOKE = ["--train-limit", "16", "--test-limit", "8", "--epochs", "1"]
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("moincl") / "run"
+    return out, run_script("moincl.py", out, *SMOKE)
+
+
+def test_smoke_run(smoke):
+    out, r = smoke
     res = json.loads((out / "results.json").read_text())
     assert res["method"] == "moincl"
     assert len(res["R"]) == 6 and all(len(row) == 6 for row in res["R"])
     assert "text_retention" in res["metrics"]
     assert "pseudo ['qa']" in r.stdout and "pseudo ['cap']" in r.stdout     # order 1 uses both pseudo types
+
+
+def test_resume_after_kill_gives_same_results(smoke, tmp_path):
+    """The teacher of the next task is the resumed checkpoint: same pseudo targets, same final results."""
+    kill_and_resume("moincl.py", tmp_path / "killed", *SMOKE)
+    assert same_results(smoke[0], tmp_path / "killed")

@@ -2,8 +2,6 @@
 import copy
 import json
 import os
-import subprocess
-import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -11,7 +9,8 @@ import pytest
 import torch
 
 import mr_lora as M
-from common import ROOT, MLLM, Sample, Task, add_lora, load_image, read_manifest
+from conftest import kill_and_resume, run_script, same_results
+from common import MLLM, Sample, Task, add_lora, load_image, read_manifest
 from data import generate as G
 
 
@@ -119,15 +118,25 @@ def test_dcl_files_round_trip_with_domain_vocabulary(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ smoke run
-def test_smoke_micl(tmp_path):
-    out = tmp_path / "run"
-    env = dict(os.environ, TQDM_DISABLE="1")
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "mr_lora.py"), "--train-limit", "16", "--test-limit", "8",
-                        "--epochs", "1", "--router-epochs", "1", "--output-dir", str(out)], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
-    res = json.load(open(out / "results.json"))
+SMOKE = ["--train-limit", "16", "--test-limit", "8", "--epochs", "1", "--router-epochs", "1"]
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("mr_lora") / "run"
+    run_script("mr_lora.py", out, *SMOKE)
+    return out
+
+
+def test_smoke_micl(smoke):
+    res = json.load(open(smoke / "results.json"))
     assert len(res["R"]) == 6 and all(len(row) == 6 for row in res["R"])
     assert 0 <= res["metrics"]["router_accuracy"] <= 100 and res["metrics"]["router_fallbacks"] >= 0
     assert len(res["metrics"]["router_accuracy_steps"]) == 6
-    assert os.path.isdir(out / "checkpoints" / "task5_video-cap" / "lora" / "expert5")
+    assert os.path.isdir(smoke / "checkpoints" / "task5_video-cap" / "lora" / "expert5")
+
+
+def test_resume_after_kill_gives_same_results(smoke, tmp_path):
+    """Experts, their projector sets, the router and its replay buffer come back from the checkpoint."""
+    kill_and_resume("mr_lora.py", tmp_path / "killed", *SMOKE)
+    assert same_results(smoke, tmp_path / "killed")

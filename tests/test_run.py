@@ -1,15 +1,14 @@
 """End-to-end behaviour of a run: outputs, resume after a crash, determinism, bad checkpoints (tiny budgets)."""
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 from PIL import Image
 
 from common import ROOT
+from conftest import kill_and_resume, same_results
 
 TINY = ["--train-limit", "48", "--test-limit", "8", "--epochs", "1"]
 
@@ -57,24 +56,8 @@ def test_same_seed_same_results(finetune_run, tmp_path):
 
 
 def test_resume_after_kill_gives_same_results(finetune_run, tmp_path):
-    out = tmp_path / "killed"
-    p = subprocess.Popen([sys.executable, os.path.join(ROOT, "baselines.py"), "--output-dir", str(out), *TINY,
-                          "--method", "finetune"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                         env=dict(os.environ, TQDM_DISABLE="1"))
-    state = out / "state.json"
-    t0 = time.time()
-    while time.time() - t0 < 300:          # kill -9 once two tasks are checkpointed (mid-way through the third)
-        if state.exists() and json.loads(state.read_text())["state"]["done"] >= 2:
-            break
-        time.sleep(0.05)
-    p.send_signal(signal.SIGKILL)
-    p.wait()
-    done = json.loads(state.read_text())["state"]["done"]
-    assert 2 <= done < 6 and not (out / "results.json").exists()
-    r = run("baselines.py", out, "--method", "finetune", "--resume")
-    assert f"resuming {out} after step {done}/6" in r.stdout
-    a, b = results(finetune_run), results(out)
-    assert a["R"] == b["R"] and a["text"] == b["text"] and a["metrics"] == b["metrics"]
+    done = kill_and_resume("baselines.py", tmp_path / "killed", *TINY, "--method", "finetune", after=2)
+    assert 2 <= done < 6 and same_results(finetune_run, tmp_path / "killed")
 
 
 def test_resume_with_other_model_config_is_refused(finetune_run, tmp_path):
