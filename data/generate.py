@@ -175,7 +175,7 @@ DOMAIN_OBJECTS = {
     "dcl-rs": ["forest", "lake", "building", "tank"],               # remote sensing: aerial farmland grid
     "dcl-med": ["lymphocyte", "neutrophil", "erythrocyte", "tumor"],  # pathology: cells on pink tissue
     "dcl-ad": ["car", "truck", "bus", "pedestrian"],                 # autonomous driving: ego-view road
-    "dcl-sci": ["atom", "molecule", "magnet", "prism"],              # science diagrams on white paper
+    "dcl-sci": ["atom", "molecule", "magnet", "prism"],              # science diagrams on blueprint paper
     "dcl-fin": ["rally", "selloff", "range", "spike"],               # finance: price series on a dark chart
 }
 DOMAIN_PLACES = {"dcl-rs": ("north", "south"), "dcl-med": ("apical", "basal"), "dcl-ad": ("ahead", "nearby"),
