@@ -42,3 +42,20 @@ def same_results(a, b):
     """R, text-only row and metrics of two finished runs are identical."""
     ra, rb = (json.load(open(os.path.join(d, "results.json"))) for d in (a, b))
     return all(ra[k] == rb[k] for k in ("R", "zero_shot", "text", "metrics"))
+
+
+def tiny_mllm(words, enc_dims):
+    """A 1-layer Llama MLLM over a word-level tokenizer of `words`, frozen, with projectors for `enc_dims`
+    ({modality: encoder width}); seeded, so two calls give identical models. For unit tests of method pieces."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from common import MLLM, _build_tokenizer
+    tok = _build_tokenizer(words)
+    torch.manual_seed(0)
+    llm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                       num_attention_heads=2, num_key_value_heads=2, bos_token_id=tok.bos_token_id,
+                                       eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id))
+    for p in llm.parameters():
+        p.requires_grad_(False)
+    return MLLM(llm, tok, enc_dims)

@@ -7,21 +7,13 @@ import pytest
 import torch
 
 import moincl as M
-from conftest import kill_and_resume, run_script, same_results
-from common import MLLM, Sample, Task, _build_tokenizer, add_lora, make_optimizer
+from conftest import kill_and_resume, run_script, same_results, tiny_mllm
+from common import Sample, Task, add_lora, make_optimizer
 
 
 def _tiny_model():
-    from transformers import LlamaConfig, LlamaForCausalLM
     words = ["describe", "the", "image", "audio", ".", "answer", ":", "red", "blue", "what", "colour", "?", "repeat", "cat"]
-    tok = _build_tokenizer(words)
-    torch.manual_seed(0)
-    llm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                       num_attention_heads=2, num_key_value_heads=2, bos_token_id=tok.bos_token_id,
-                                       eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id))
-    for p in llm.parameters():
-        p.requires_grad_(False)
-    return MLLM(llm, tok, {"image": 8, "audio": 8})
+    return tiny_mllm(words, {"image": 8, "audio": 8})
 
 
 ARGS = SimpleNamespace(lora_r=4, lora_alpha=8, lr=1e-2, device="cpu", seed=0, eval_batch_size=8, pseudo_per_batch=2,

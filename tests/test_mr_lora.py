@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import mr_lora as M
-from conftest import kill_and_resume, run_script, same_results
-from common import MLLM, Sample, Task, add_lora, load_image, read_manifest
+from conftest import kill_and_resume, run_script, same_results, tiny_mllm
+from common import Sample, Task, add_lora, load_image, read_manifest
 from data import generate as G
 
 
@@ -56,16 +56,7 @@ def test_router_buffer_has_router_samples_per_seen_task():
 
 # ------------------------------------------------------------------------------------------ expert isolation
 def _tiny_model():
-    from transformers import LlamaConfig, LlamaForCausalLM
-    from common import _build_tokenizer
-    tok = _build_tokenizer(["describe", "the", "image", ".", "answer", ":", "red", "blue"])
-    torch.manual_seed(0)
-    llm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                       num_attention_heads=2, num_key_value_heads=2, bos_token_id=tok.bos_token_id,
-                                       eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id))
-    for p in llm.parameters():
-        p.requires_grad_(False)
-    return MLLM(llm, tok, {"image": 8})
+    return tiny_mllm(["describe", "the", "image", ".", "answer", ":", "red", "blue"], {"image": 8})
 
 
 def test_training_expert_k_leaves_earlier_experts_and_router_bit_identical():
