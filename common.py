@@ -360,7 +360,9 @@ def encode_samples(encoders, tasks, cache_dir=None):
 
 
 # ================================================================================================== LLM
-PRETRAIN_STEPS, PRETRAIN_BATCH = 600, 64
+# One-time pretraining budget of the tiny base (LLM and both encoders): 600 steps for every number in README. The
+# tests set MLLM_CL_TINY_STEPS (e.g. 30) to build a throwaway base in seconds: they check plumbing, not accuracy.
+PRETRAIN_STEPS, PRETRAIN_BATCH = int(os.environ.get("MLLM_CL_TINY_STEPS", "600")), 64
 
 
 def build_tiny(cache=CACHE):
@@ -397,11 +399,13 @@ def build_tiny(cache=CACHE):
     return paths
 
 
-def _encoder_corpus(modality, n=2400):
+def _encoder_corpus(modality, n=None):
     """Media with attribute labels for encoder pre-training, drawn with a seed no benchmark uses (like CLIP/AST,
-    the encoders know the world's attributes, never the benchmark's samples). Images also get a coarse (x, y) grid
+    the encoders know the world's attributes, never the benchmark's samples). 2400 items (fewer only for a
+    throwaway test base: 8 per pretraining step). Images also get a coarse (x, y) grid
     cell of a single shape, so the patch tokens keep the positions that video direction questions need."""
     from data import generate as G
+    n = n or min(2400, 8 * PRETRAIN_STEPS)
     rng = np.random.default_rng(987654)
     media, labels = [], []
     for _ in range(n):
@@ -427,7 +431,7 @@ def _encoder_corpus(modality, n=2400):
     return media, torch.tensor(labels)
 
 
-def _pretrain_encoder(enc, preprocess, media, labels, steps=600, bs=64):
+def _pretrain_encoder(enc, preprocess, media, labels, steps=PRETRAIN_STEPS, bs=64):
     """Multi-head attribute classification on mean-pooled encoder tokens; only the encoder is kept."""
     x = torch.cat([preprocess(media[i:i + 256]) for i in range(0, len(media), 256)])
     n_cls = (labels.max(0).values + 1).tolist()
