@@ -52,8 +52,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common import (Run, UserError, add_lora, batches, build_model, ce_loss, make_optimizer, parse_args,
-                    seed_everything, shared_parser, target_logits, task_seed)
+from common import (Run, UserError, add_lora, batches, build_model, ce_loss, lora_layers, make_optimizer,
+                    parse_args, seed_everything, shared_parser, target_logits, task_seed)
 
 METHODS = ["finetune", "joint", "replay", "lwf", "ewc", "olora"]
 # Joint training takes T times the steps of one task at one constant lr; at the shared 3e-3 it ends far below the
@@ -200,11 +200,6 @@ def orthogonality_loss(a_new, a_olds):
     return sum((a_old @ a_new.T).abs().sum() for a_old in a_olds)
 
 
-def lora_layers(llm):
-    from peft.tuners.lora import LoraLayer
-    return [m for m in llm.modules() if isinstance(m, LoraLayer)]
-
-
 class OLoRA(Finetune):
     """L = L_CE + lambda_1 sum_l sum_{s<t} |A_s A_t^T|_1 + lambda_2 sum_l (||A_t|| + ||B_t||); a new LoRA per task."""
 
@@ -227,7 +222,7 @@ class OLoRA(Finetune):
     def extra_loss(self, b, logits):
         new, olds = self.names[-1], self.names[:-1]
         orth, l2 = 0.0, 0.0
-        for m in lora_layers(self.model.llm):
+        for m in lora_layers(self.model.llm).values():
             orth = orth + orthogonality_loss(m.lora_A[new].weight, [m.lora_A[s].weight for s in olds])
             l2 = l2 + m.lora_A[new].weight.norm() + m.lora_B[new].weight.norm()
         return self.args.olora_lambda1 * orth + self.args.olora_lambda2 * l2

@@ -520,6 +520,12 @@ def add_lora(model, args, name="default"):
     return model.llm
 
 
+def lora_layers(llm, adapter=None):
+    """name -> peft LoRA layer, for every LoRA-targeted linear layer of the LLM (that holds `adapter`, if given)."""
+    from peft.tuners.lora import LoraLayer
+    return {n: m for n, m in llm.named_modules() if isinstance(m, LoraLayer) and (adapter is None or adapter in m.lora_A)}
+
+
 # ================================================================================================== MLLM
 class Projector(nn.Sequential):
     """Per-modality projector (SPEC 2): LayerNorm -> Linear -> GELU -> Linear, encoder dim -> LLM dim."""

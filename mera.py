@@ -51,8 +51,8 @@ Usage:
 import numpy as np
 import torch
 
-from common import (Run, UserError, add_lora, batches, build_model, ce_loss, make_optimizer, parse_args,
-                    seed_everything, shared_parser, task_seed)
+from common import (Run, UserError, add_lora, batches, build_model, ce_loss, lora_layers, make_optimizer,
+                    parse_args, seed_everything, shared_parser, task_seed)
 
 
 def get_args(argv=None):
@@ -77,12 +77,6 @@ def get_args(argv=None):
 
 
 # ---------------------------------------------------------------------------------------------- merge
-def lora_layers(llm, adapter="default"):
-    """name -> peft LoRA layer, for every LoRA-targeted linear layer of the LLM."""
-    from peft.tuners.lora import LoraLayer
-    return {n: m for n, m in llm.named_modules() if isinstance(m, LoraLayer) and adapter in m.lora_A}
-
-
 def lora_factors(llm, adapter="default"):
     """The current step's LoRA as CPU tensors: name -> (A (r, in), B (out, r), scaling)."""
     return {n: (m.lora_A[adapter].weight.detach().float().cpu().clone(), m.lora_B[adapter].weight.detach().float().cpu().clone(),
