@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Regenerates every number in README's "Results": each run below (skipped when runs/<name>/results.json exists,
+# continued with --resume when it was interrupted), then the tables.
+#   bash reproduce.sh                 # one run at a time, all cores
+#   JOBS=2 bash reproduce.sh          # two at a time with one thread each (how README's runs were made)
+#   SEEDS="0" bash reproduce.sh       # a subset of the seeds
+set -euo pipefail
+cd "$(dirname "$0")"
+JOBS=${JOBS:-1}
+SEEDS=${SEEDS:-"0 1 2"}
+[ "$JOBS" -gt 1 ] && export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+mkdir -p runs/logs
+
+run() {   # run NAME SCENARIO ORDER SEED SCRIPT [FLAGS...]: one run, into runs/NAME__SCENARIO__orderORDER__seedSEED
+  local name=$1 scen=$2 order=$3 seed=$4 script=$5; shift 5
+  local out="runs/${name}__${scen}__order${order}__seed${seed}"
+  [ -f "$out/results.json" ] && return 0
+  while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n || true; done
+  echo "$(date +%T) start $out"
+  python "$script" --scenario "$scen" --order "$order" --seed "$seed" --resume "$@" > "runs/logs/$(basename "$out").log" 2>&1 \
+    && echo "$(date +%T) done  $out" || echo "$(date +%T) FAILED $out (see runs/logs/)" &
+}
+
+for s in $SEEDS; do
+  for o in 1 2; do                                                   # micl: every baseline and MoInCL, both orders
+    for m in finetune joint replay lwf ewc olora; do run $m micl $o $s baselines.py --method $m; done
+    run moincl micl $o $s moincl.py
+    run mera mcl $o $s mera.py                                       # mcl: MERA against finetune, both orders
+    run finetune mcl $o $s baselines.py --method finetune
+  done
+  run moincl-noptgm micl 1 $s moincl.py --no-ptgm                    # MoInCL ablations (order 1)
+  run moincl-noikd micl 1 $s moincl.py --no-ikd
+  run mr-lora micl 1 $s mr_lora.py                                   # MR-LoRA and its oracle, micl and dcl
+  run mr-lora-oracle micl 1 $s mr_lora.py --oracle
+  run mr-lora dcl 1 $s mr_lora.py
+  run mr-lora-oracle dcl 1 $s mr_lora.py --oracle
+  run finetune dcl 1 $s baselines.py --method finetune
+  run mera-merge-only mcl 1 $s mera.py --no-realign                  # MERA ablations (mcl order 1)
+  run mera-realign-only mcl 1 $s mera.py --no-merge
+  run mera micl 1 $s mera.py                                         # MERA also runs on micl (tasks as steps)
+done
+wait
+python common.py summarize runs/
