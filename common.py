@@ -401,9 +401,9 @@ def build_tiny(cache=CACHE):
 
 def _encoder_corpus(modality, n=None):
     """Media with attribute labels for encoder pre-training, drawn with a seed no benchmark uses (like CLIP/AST,
-    the encoders know the world's attributes, never the benchmark's samples). 2400 items (fewer only for a
-    throwaway test base: 8 per pretraining step). Images also get a coarse (x, y) grid
-    cell of a single shape, so the patch tokens keep the positions that video direction questions need."""
+    the encoders know the world's attributes, never the benchmark's samples): 2400 items (a throwaway test base
+    gets 8 per pretraining step). Images also get a coarse (x, y) grid cell of a single shape, so the patch tokens
+    keep the positions that video direction questions need."""
     from data import generate as G
     n = n or min(2400, 8 * PRETRAIN_STEPS)
     rng = np.random.default_rng(987654)
