@@ -675,7 +675,10 @@ def build_model(args):
     llm, tok = load_llm(pick(args.llm, "llm"), args.device)
     seed_everything(args.seed)
     model = MLLM(llm, tok, enc.dims).to(args.device)
-    args.fingerprint = {"llm": args.llm, "image_encoder": args.image_encoder, "audio_encoder": args.audio_encoder,
+    # the embedded default is named by its build (tiny-<key>), so --resume refuses a run made on another tiny base
+    name = lambda v, k: os.path.basename(os.path.dirname(tiny[k])) if v == "tiny" else v
+    args.fingerprint = {"llm": name(args.llm, "llm"), "image_encoder": name(args.image_encoder, "image"),
+                        "audio_encoder": name(args.audio_encoder, "audio"),
                         "llm_hidden": llm.config.get_text_config().hidden_size, "vocab": len(tok), "enc_dims": enc.dims,
                         "lora_r": args.lora_r, "lora_alpha": args.lora_alpha}
     del enc

@@ -55,6 +55,11 @@ def test_same_seed_same_results(finetune_run, tmp_path):
     assert a["R"] == b["R"] and a["zero_shot"] == b["zero_shot"] and a["text"] == b["text"]
 
 
+def test_fingerprint_names_the_tiny_build(finetune_run):
+    fp = json.load(open(finetune_run / "state.json"))["fingerprint"]
+    assert all(fp[k].startswith("tiny-") for k in ("llm", "image_encoder", "audio_encoder"))
+
+
 def test_resume_with_other_model_config_is_refused(finetune_run, tmp_path):
     import shutil
     out = tmp_path / "copy"
