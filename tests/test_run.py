@@ -9,16 +9,13 @@ import pytest
 from PIL import Image
 
 from common import ROOT
+from conftest import run_script
 
 TINY = ["--train-limit", "16", "--test-limit", "8", "--epochs", "1"]
 
 
 def run(script, out, *flags, check=True):
-    r = subprocess.run([sys.executable, os.path.join(ROOT, script), "--output-dir", str(out), *TINY, *flags],
-                       capture_output=True, text=True, cwd=ROOT, timeout=600, env=dict(os.environ, TQDM_DISABLE="1"))
-    if check:
-        assert r.returncode == 0, r.stderr[-3000:]
-    return r
+    return run_script(script, out, *TINY, *flags, check=check, timeout=600)
 
 
 def results(out):
