@@ -76,6 +76,9 @@ def shared_parser(method, doc):
     g.add_argument("--train-limit", type=int, default=None, help="use at most N training samples per task")
     g.add_argument("--test-limit", type=int, default=None, help="evaluate on at most N samples per task")
     g.add_argument("--eval-batch-size", type=int, default=64)
+    g.add_argument("--val", action="store_true", help="choose hyper-parameters without the test split: hold out the "
+                   "last training samples of every task (as many as its test split has) and evaluate on them "
+                   "(run name <method>-val)")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     g.add_argument("--resume", action="store_true", help="continue from the last finished task in --output-dir")
     p.set_defaults(method=method)
@@ -93,7 +96,7 @@ def parse_args(parser, argv=None, run_name=None):
     for flag in ("epochs", "batch_size", "eval_batch_size", "lora_r"):
         if getattr(args, flag) < 1:
             raise UserError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
-    args.run_name = run_name or args.method
+    args.run_name = (run_name or args.method) + ("-val" if args.val else "")
     if args.output_dir is None:
         args.output_dir = os.path.join("runs", f"{args.run_name}__{args.scenario}__order{args.order}__seed{args.seed}")
     if args.device == "auto":
@@ -215,6 +218,13 @@ def load_tasks(args):
                   read_manifest(os.path.join(root, n, "test.jsonl"), n)[:args.test_limit]) for n in names]
     text = Task("text", read_manifest(os.path.join(root, "text", "train.jsonl"), "text"),
                 read_manifest(os.path.join(root, "text", "test.jsonl"), "text")[:args.test_limit])
+    if args.val:   # validation split: the last len(test) training samples; the test split is never read again
+        for task in tasks + [text]:
+            n = len(task.test)
+            if len(task.train) <= n:
+                raise UserError(f"--val: task {task.name} has {len(task.train)} training samples, too few to hold "
+                                f"out {n} (the size of its test split) for validation")
+            task.train, task.test = task.train[:-n], task.train[-n:]
     return tasks, text
 
 

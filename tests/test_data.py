@@ -115,3 +115,24 @@ def test_cli_bad_flags_one_line(flags, expect, tmp_path):
     assert r.returncode != 0
     assert expect in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_val_split_holds_out_training_samples(tmp_path):
+    """--val: the last len(test) training samples become the evaluation split; test samples are never used."""
+    from common import load_tasks, parse_args, shared_parser
+    root = str(tmp_path)
+    for t in ["dcl-rs", "dcl-med", "dcl-ad", "dcl-sci", "dcl-fin"]:
+        G.write_task(root, t, seed=0, sizes={"train": 5, "test": 2})
+    G.write_text_task(root, 0)
+    flags = ["--scenario", "dcl", "--data-root", root]
+    test_tasks, _ = load_tasks(parse_args(shared_parser("x", "x"), flags))
+    args = parse_args(shared_parser("x", "x"), flags + ["--val"])
+    tasks, text = load_tasks(args)
+    assert args.run_name == "x-val" and "x-val__dcl" in args.output_dir
+    for task, full in zip(tasks, test_tasks):
+        assert [s.id for s in task.train] + [s.id for s in task.test] == [s.id for s in full.train]
+        assert len(task.test) == 2 and not {s.id for s in task.test} & {s.id for s in task.train}
+    assert len(text.test) == 200 and len(text.train) == 1800
+    G.write_task(root, "dcl-rs", seed=0, sizes={"train": 2, "test": 2})       # nothing left to train on
+    with pytest.raises(UserError, match="--val: task dcl-rs has 2 training samples"):
+        load_tasks(args)
