@@ -36,7 +36,7 @@ Deviations from the paper / official code:
   - Realignment trains all seen projectors together on the union of the replay sets (one projector only gets
     gradients from its own modality's samples), for --realign-epochs (10) epochs with a fresh AdamW. The paper gives
     no realignment schedule for this setting; --realign-lr 1e-3 (vs 3e-3 for fine-tuning) was picked on a validation
-    split carved from the *training* data (last 64 training samples of each mcl task held out, order 1, seed 0):
+    split carved from the *training* data (`--val`: the last 64 training samples of each task, order 1, seed 0):
     realign lr 3e-3 / 1e-3 / 3e-4 / 1e-4 -> validation BRG 96.2 / 99.2 / 99.2 / 96.1, Last 50.5 / 53.6 / 51.4 / 50.5.
     (Presumably the fine-tuning lr overfits the projectors to their few replay samples.)
   - micl (tasks, not modalities): steps are tasks, the running average is over steps, and a modality's replay set
