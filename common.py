@@ -855,13 +855,13 @@ def cl_metrics(R):
 
 # ================================================================================================== results
 def atomic_save(obj, path):
-    tmp = path + ".tmp"
+    tmp = f"{path}.{os.getpid()}.tmp"      # per process: runs side by side may write the same feature cache
     torch.save(obj, tmp)
     os.replace(tmp, path)
 
 
 def atomic_write(path, text):
-    tmp = path + ".tmp"
+    tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "w") as f:
         f.write(text)
     os.replace(tmp, path)
