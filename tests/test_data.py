@@ -136,3 +136,14 @@ def test_val_split_holds_out_training_samples(tmp_path):
     G.write_task(root, "dcl-rs", seed=0, sizes={"train": 2, "test": 2})       # nothing left to train on
     with pytest.raises(UserError, match="--val: task dcl-rs has 2 training samples"):
         load_tasks(args)
+
+
+def test_image_encoder_corpus_has_both_worlds_with_ignored_labels():
+    """The tiny ViT's pretraining corpus: shapes images and dcl domain scenes; labels that do not apply are -1."""
+    import common as C
+    media, labels = C._encoder_corpus("image", n=60)
+    assert len(media) == len(labels) == 90 and labels.shape[1] == 10
+    scene = labels[:, 7] < len(G.DOMAIN_ORDER)                   # column 7: domain id (len(DOMAIN_ORDER) = shapes)
+    assert scene.any() and (~scene).any()
+    assert (labels[scene][:, [0, 1, 2, 3, 5, 6]] == -1).all() and (labels[~scene][:, 8:] == -1).all()
+    assert (labels[:, 4] >= 1).all()                                # every image has a count

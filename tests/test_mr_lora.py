@@ -108,6 +108,21 @@ def test_dcl_files_round_trip_with_domain_vocabulary(tmp_path):
     assert ("what is the main object?", "lymphocyte") in corpus or ("what is the main object?", "tumor") in corpus
 
 
+def test_letter_choice_items_are_pretraining_only():
+    """The tiny LLM's letter-choice questions: the answer is the letter of the named option; they are in the
+    pretraining corpus, never in the text-only benchmark set (which MR-LoRA's text retention is measured on)."""
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        q, a = G.letter_choice_item(rng)
+        head, menu = q.rstrip(" .").split(" : ")
+        options = dict(o.split() for o in menu.split(" , "))
+        assert options[a] == head.split()[-1] and len(options) >= 2
+    corpus = G.text_corpus(n_per_task=1, n_text=10, n_letter=20)
+    assert sum(q.startswith("choose the letter") for _, q, _ in corpus) == 20
+    rng = np.random.default_rng(1)
+    assert not any(G.sample_text_item(rng)[0].startswith("choose") for _ in range(500))
+
+
 # ------------------------------------------------------------------------------------------ smoke run
 SMOKE = ["--train-limit", "16", "--test-limit", "8", "--epochs", "1", "--router-epochs", "1"]
 
