@@ -370,15 +370,16 @@ def encode_samples(encoders, tasks, cache_dir=None):
 
 
 # ================================================================================================== LLM
-# One-time pretraining budget of the tiny base (LLM and both encoders): 600 steps for every number in README. The
-# tests set MLLM_CL_TINY_STEPS (e.g. 30) to build a throwaway base in seconds: they check plumbing, not accuracy.
+# One-time pretraining budget of the tiny base: 600 steps (AST; 1.5x for the LLM and the ViT) for every number in
+# README. The tests set MLLM_CL_TINY_STEPS (e.g. 30) to build a throwaway base in seconds: they check plumbing, not
+# accuracy.
 PRETRAIN_STEPS, PRETRAIN_BATCH = int(os.environ.get("MLLM_CL_TINY_STEPS", "600")), 64
 
 
 def build_tiny(cache=CACHE):
     """Embedded default: tiny Llama-family LLM + word-level tokenizer, tiny ViT and AST, all saved in HF format so
     they load through exactly the same code as real models. Built once (deterministically) into cache/tiny-<key>:
-    the three parts are pretrained in parallel processes (~4 min on 2 CPU cores), so LoRA adapts an LLM that
+    the three parts are pretrained in parallel processes (~3 min on 2 CPU cores), so LoRA adapts an LLM that
     already knows the language and the projectors read encoders that already know the worlds' attributes."""
     from data.generate import text_corpus, vocabulary
     key = hashlib.sha1(json.dumps([vocabulary(), text_corpus()[:50], PRETRAIN_STEPS, "v6.1"]).encode()).hexdigest()[:10]
