@@ -11,8 +11,14 @@ SEEDS=${SEEDS:-"0 1 2"}
 [ "$JOBS" -gt 1 ] && export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 mkdir -p runs/logs
 # the tiny base and every seed's data are built once up front: runs side by side would race on cache/
-python -c "import common; common.build_tiny()"
-for s in $SEEDS; do python data/generate.py --seed "$s" --out "${MLLM_CL_CACHE:-cache}/data/seed$s" > /dev/null; done
+python - $SEEDS <<'EOF'
+import os, sys
+import common
+from data.generate import TASKS, build
+common.build_tiny()
+for s in map(int, sys.argv[1:]):
+    build(os.path.join(common.CACHE, "data", f"seed{s}"), sorted(TASKS), s)     # where data_root() looks
+EOF
 
 run() {   # run NAME SCENARIO ORDER SEED SCRIPT [FLAGS...]: one run, into runs/NAME__SCENARIO__orderORDER__seedSEED
   local name=$1 scen=$2 order=$3 seed=$4 script=$5; shift 5
