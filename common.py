@@ -127,7 +127,7 @@ class Sample:
     feat: torch.Tensor | None = None  # pooled frozen-encoder features (K, D_enc), filled by encode_samples
     task: str = ""
     _ids: tuple | None = field(default=None, repr=False)  # cached (prompt-after-media ids, target ids)
-    references: list | None = None    # captioning: all reference captions for CIDEr-D (default [target])  # cached (prompt-after-media ids, target ids)
+    references: list | None = None    # captioning: all reference captions for CIDEr-D (default [target])
 
 
 @dataclass
@@ -230,6 +230,7 @@ def load_tasks(args):
 
 # ================================================================================================== encoders
 IMAGE_TOKENS, VIDEO_GROUPS, VIDEO_TOKENS, AUDIO_TOKENS = 16, 4, 9, 16   # modality tokens after pooling
+VIDEO_FRAMES = 8                                                        # frames sampled per video
 
 
 def load_image(path):
@@ -253,7 +254,7 @@ def load_audio(path, sr):
     return wav
 
 
-def load_video(path, num_frames=8):
+def load_video(path, num_frames=None):
     import av
     try:
         with av.open(path) as c:
@@ -262,6 +263,7 @@ def load_video(path, num_frames=8):
         raise UserError(f"{path}: not a readable video ({type(e).__name__})")
     if not frames:
         raise UserError(f"{path}: video has no frames")
+    num_frames = num_frames or VIDEO_FRAMES
     idx = np.linspace(0, len(frames) - 1, num_frames).round().astype(int)   # uniform frame sampling
     return np.stack([frames[i] for i in idx])
 
@@ -353,7 +355,9 @@ def encode_samples(encoders, tasks, cache_dir=None):
     cache = {}
     path = None
     if cache_dir:
-        key = hashlib.sha1((encoders.name + "".join(sorted({s.media for s in todo}))).encode()).hexdigest()[:16]
+        # the key covers the encoders, how their tokens are pooled and sampled, and the media files
+        pooling = f"|pool {IMAGE_TOKENS} {VIDEO_GROUPS}x{VIDEO_TOKENS} {AUDIO_TOKENS} frames {VIDEO_FRAMES}|"
+        key = hashlib.sha1((encoders.name + pooling + "".join(sorted({s.media for s in todo}))).encode()).hexdigest()[:16]
         path = os.path.join(cache_dir, f"features_{key}.pt")
         if os.path.exists(path):
             cache = torch.load(path)

@@ -147,3 +147,31 @@ def test_image_encoder_corpus_has_both_worlds_with_ignored_labels():
     assert scene.any() and (~scene).any()
     assert (labels[scene][:, [0, 1, 2, 3, 5, 6]] == -1).all() and (labels[~scene][:, 8:] == -1).all()
     assert (labels[:, 4] >= 1).all()                                # every image has a count
+
+
+def test_feature_cache_is_keyed_by_pooling(tmp_path, monkeypatch):
+    """Cached encoder features are reused for the same encoders + media, and NOT after the token pooling changes
+    (a stale cache would silently feed old-shaped features)."""
+    import torch
+
+    import common
+
+    class FakeEncoders:
+        name = "fake|fake"
+        calls = 0
+
+        def __call__(self, modality, medias):
+            FakeEncoders.calls += 1
+            return [torch.zeros(common.IMAGE_TOKENS, 2) for _ in medias]
+
+    def tasks():
+        s = [common.Sample(f"x{i}", "image", "describe the image.", "a", media=f"/m/{i}.png") for i in range(3)]
+        return [common.Task("image-cap", s[:2], s[2:])]
+
+    common.encode_samples(FakeEncoders(), tasks(), cache_dir=str(tmp_path))
+    common.encode_samples(FakeEncoders(), tasks(), cache_dir=str(tmp_path))
+    assert FakeEncoders.calls == 1, "same encoders and media: features must come from the cache"
+    monkeypatch.setattr(common, "IMAGE_TOKENS", 64)
+    t = tasks()
+    common.encode_samples(FakeEncoders(), t, cache_dir=str(tmp_path))
+    assert FakeEncoders.calls == 2 and t[0].train[0].feat.shape == (64, 2)
