@@ -196,6 +196,11 @@ def scenario_tasks(scenario):
     return sorted({t for order in ORDERS[scenario].values() for t in order})
 
 
+def synthetic_root(seed):
+    """Folder of the synthetic benchmark drawn with `seed` (generated there on first use)."""
+    return os.path.join(CACHE, "data", f"seed{seed}")
+
+
 def data_root(args):
     """--data-root, or the synthetic benchmark for --seed (generated on first use, <= 60 s)."""
     if args.data_root is not None:
@@ -203,7 +208,7 @@ def data_root(args):
             raise UserError(f"--data-root {args.data_root}: not a directory")
         return args.data_root
     from data.generate import build
-    root = os.path.join(CACHE, "data", f"seed{args.seed}")
+    root = synthetic_root(args.seed)
     tasks = scenario_tasks(args.scenario)
     if not all(os.path.exists(os.path.join(root, t, "DONE")) for t in tasks + ["text"]):
         print(f"generating the synthetic benchmark into {root} ...", flush=True)

@@ -12,12 +12,12 @@ SEEDS=${SEEDS:-"0 1 2"}
 mkdir -p runs/logs
 # the tiny base and every seed's data are built once up front: runs side by side would race on cache/
 python - $SEEDS <<'EOF'
-import os, sys
+import sys
 import common
 from data.generate import TASKS, build
 common.build_tiny()
 for s in map(int, sys.argv[1:]):
-    build(os.path.join(common.CACHE, "data", f"seed{s}"), sorted(TASKS), s)     # where data_root() looks
+    build(common.synthetic_root(s), sorted(TASKS), s)                  # where data_root() looks
 EOF
 
 run() {   # run NAME SCENARIO ORDER SEED SCRIPT [FLAGS...]: one run, into runs/NAME__SCENARIO__orderORDER__seedSEED
