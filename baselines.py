@@ -56,10 +56,6 @@ from common import (Run, UserError, add_lora, batches, build_model, ce_loss, lor
                     parse_args, seed_everything, shared_parser, target_logits, task_seed)
 
 METHODS = ["finetune", "joint", "replay", "lwf", "ewc", "olora"]
-# Joint training takes T times the steps of one task at one constant lr; at the shared 3e-3 it ends far below the
-# sequential runs' R[j, j] (micl order 1 seed 0: Last 59.2), at 1e-3 it reaches 82.8. An upper bound should be a
-# strong one, so joint's default --lr is 1e-3 (chosen on that one run's test scores; --lr overrides it).
-JOINT_LR = 1e-3
 
 
 def get_args(argv=None):
@@ -76,9 +72,6 @@ def get_args(argv=None):
     g = p.add_argument_group("olora")
     g.add_argument("--olora-lambda1", type=float, default=0.5, help="weight of the orthogonality loss")
     g.add_argument("--olora-lambda2", type=float, default=0.0, help="weight of the L2 norm of the new LoRA")
-    method = p.parse_args(argv).method
-    if method == "joint":
-        p.set_defaults(lr=JOINT_LR)
     args = parse_args(p, argv, run_name=method)
     if not 0 < args.replay_ratio <= 1:
         raise UserError(f"--replay-ratio must be in (0, 1], got {args.replay_ratio}")

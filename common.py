@@ -67,10 +67,10 @@ def shared_parser(method, doc):
     g.add_argument("--llm", default="tiny", help="'tiny' (embedded default) or a Hugging Face causal-LM id/path")
     g.add_argument("--image-encoder", default="tiny", help="'tiny' or a HF vision model id/path (e.g. CLIP)")
     g.add_argument("--audio-encoder", default="tiny", help="'tiny' or a HF audio model id/path (AST, Whisper, CLAP)")
-    g.add_argument("--epochs", type=int, default=16, help="epochs per task")
+    g.add_argument("--epochs", type=int, default=20, help="epochs per task")
     g.add_argument("--max-steps", type=int, default=None, help="cap on optimiser steps per task (smoke tests)")
-    g.add_argument("--batch-size", type=int, default=32)
-    g.add_argument("--lr", type=float, default=3e-3, help="AdamW learning rate for LoRA and projectors")
+    g.add_argument("--batch-size", type=int, default=16)
+    g.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate for LoRA and projectors")
     g.add_argument("--lora-r", type=int, default=16)
     g.add_argument("--lora-alpha", type=int, default=32)
     g.add_argument("--train-limit", type=int, default=None, help="use at most N training samples per task")
@@ -234,7 +234,7 @@ def load_tasks(args):
 
 
 # ================================================================================================== encoders
-IMAGE_TOKENS, VIDEO_GROUPS, VIDEO_TOKENS, AUDIO_TOKENS = 16, 4, 9, 16   # modality tokens after pooling
+IMAGE_TOKENS, VIDEO_GROUPS, VIDEO_TOKENS, AUDIO_TOKENS = 64, 4, 9, 16   # modality tokens after pooling
 VIDEO_FRAMES = 8                                                        # frames sampled per video
 
 
