@@ -72,7 +72,7 @@ def get_args(argv=None):
     g = p.add_argument_group("olora")
     g.add_argument("--olora-lambda1", type=float, default=0.5, help="weight of the orthogonality loss")
     g.add_argument("--olora-lambda2", type=float, default=0.0, help="weight of the L2 norm of the new LoRA")
-    args = parse_args(p, argv, run_name=method)
+    args = parse_args(p, argv, run_name=p.parse_args(argv).method)
     if not 0 < args.replay_ratio <= 1:
         raise UserError(f"--replay-ratio must be in (0, 1], got {args.replay_ratio}")
     if args.replay_batch_size is not None and args.replay_batch_size < 1:
