@@ -35,10 +35,11 @@ Deviations from the paper / official code:
     (deltas below bf16 resolution are lost, as with peft's merge_and_unload).
   - Realignment trains all seen projectors together on the union of the replay sets (one projector only gets
     gradients from its own modality's samples), for --realign-epochs (10) epochs with a fresh AdamW. The paper gives
-    no realignment schedule for this setting; --realign-lr 1e-3 (vs 3e-3 for fine-tuning) was picked on a validation
+    no realignment schedule for this setting; --realign-lr 1e-3 (fine-tuning then used 3e-3) was picked on a validation
     split carved from the *training* data (`--val`: the last 64 training samples of each task, order 1, seed 0):
     realign lr 3e-3 / 1e-3 / 3e-4 / 1e-4 -> validation BRG 96.2 / 99.2 / 99.2 / 96.1, Last 50.5 / 53.6 / 51.4 / 50.5
-    (on an earlier tiny base). Longer realignment was tried on the same kind of split (current base, mcl, seeds 0-2)
+    (on an earlier tiny base). Longer realignment was tried on the same kind of split (current base with the earlier
+    shared defaults: 16 image tokens, batch 32, lr 3e-3, 16 epochs; mcl, seeds 0-2)
     and not kept. 60 epochs vs 10 give validation BRG 92.4 vs 78.6 on order 1 (91.5 vs 92.5 on order 2), but only
     by lowering R[j, j] (presumably the projector overfits its ~30 replay samples): the earlier modalities' R[j, j]
     drop (order 1 mean 49.6 vs 54.9) while their final scores barely move (45.3 vs 43.4); Last 48.1 vs 47.3 (order 1)

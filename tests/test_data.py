@@ -171,7 +171,8 @@ def test_feature_cache_is_keyed_by_pooling(tmp_path, monkeypatch):
     common.encode_samples(FakeEncoders(), tasks(), cache_dir=str(tmp_path))
     common.encode_samples(FakeEncoders(), tasks(), cache_dir=str(tmp_path))
     assert FakeEncoders.calls == 1, "same encoders and media: features must come from the cache"
-    monkeypatch.setattr(common, "IMAGE_TOKENS", 64)
+    n = common.IMAGE_TOKENS // 4
+    monkeypatch.setattr(common, "IMAGE_TOKENS", n)
     t = tasks()
     common.encode_samples(FakeEncoders(), t, cache_dir=str(tmp_path))
-    assert FakeEncoders.calls == 2 and t[0].train[0].feat.shape == (64, 2)
+    assert FakeEncoders.calls == 2 and t[0].train[0].feat.shape == (n, 2)
