@@ -345,7 +345,9 @@ def _encoder_module(model, sub):
         model = model.get_encoder()
     for p in model.parameters():
         p.requires_grad_(False)
-    return model
+    # fp32 whatever the checkpoint stores (bf16/fp16 checkpoints would clash with the processors' fp32 inputs);
+    # the encoders run once per sample (features are cached), so this costs nothing per training step
+    return model.float()
 
 
 def _hidden(module):
@@ -982,6 +984,8 @@ class Run:
         metrics.update(extras)
         s["timings"]["total_s"] = sum(s["timings"]["train_s"]) + sum(s["timings"]["eval_s"])
         s["timings"]["wall_s_this_process"] = time.time() - self.t0
+        if str(self.args.device).startswith("cuda"):   # peak GPU memory of this process (since its start / resume)
+            s["timings"]["peak_gpu_gib"] = torch.cuda.max_memory_allocated(self.args.device) / 2**30
         res = {"method": self.args.run_name, "args": {k: v for k, v in vars(self.args).items() if k != "fingerprint"},
                "tasks": [t.name for t in self.tasks], "steps": self.steps, "R": R, "zero_shot": s["zero_shot"], "text": s["text"],
                "metrics": metrics, "timings": s["timings"], "environment": environment(self.args),

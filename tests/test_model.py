@@ -57,6 +57,17 @@ def test_hf_encoders_load_and_encode(hf_dir, media):
     assert not torch.allclose(aud[0], aud[1])
 
 
+def test_half_precision_encoder_checkpoint_runs_in_fp32(hf_dir, media, tmp_path):
+    """Many hub checkpoints store bf16/fp16 weights; the encoders must still take the processors' fp32 inputs."""
+    from transformers import ASTConfig, ASTFeatureExtractor, ASTModel
+    ASTModel(ASTConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, max_length=64,
+                       num_mel_bins=32)).to(torch.bfloat16).save_pretrained(tmp_path / "ast")
+    ASTFeatureExtractor(num_mel_bins=32, max_length=64).save_pretrained(tmp_path / "ast")
+    enc = C.Encoders(str(hf_dir / "clip"), str(tmp_path / "ast"), "cpu")
+    aud = enc("audio", [f"{media}/audio-cap/media/train_0000.wav"])[0]
+    assert aud.dtype == torch.float32 and aud.shape == (C.AUDIO_TOKENS, 32) and torch.isfinite(aud).all()
+
+
 def test_missing_paths_are_user_errors(tmp_path):
     with pytest.raises(C.UserError, match="--llm /no/such/model: path does not exist"):
         C.load_llm("/no/such/model", "cpu")
