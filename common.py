@@ -126,7 +126,7 @@ class Sample:
     media: str | None = None         # absolute path
     feat: torch.Tensor | None = None  # pooled frozen-encoder features (K, D_enc), filled by encode_samples
     task: str = ""
-    _ids: tuple | None = field(default=None, repr=False)  # cached (prompt-after-media ids, target ids)
+    _ids: tuple | None = field(default=None, repr=False)  # cached token ids, see MLLM._ids
     references: list | None = None    # captioning: all reference captions for CIDEr-D (default [target])
 
 
@@ -624,12 +624,16 @@ class MLLM(nn.Module):
 
     # ---- tokenisation: [bos] cue <media x K> " {instruction} answer:" | " {target}" </s>
     def _ids(self, s):
-        if s._ids is None:
+        """(prompt ids before the media, prompt ids after it, target ids + </s>), cached on the sample. The cache is
+        keyed by the text it was made from: a sample whose instruction or target changes later (e.g. a pseudo
+        sample labelled after its teacher has read it) is tokenised again instead of training on stale ids."""
+        key = (s.modality, s.instruction, s.target)
+        if s._ids is None or s._ids[0] != key:
             enc = lambda t: self.tok(t, add_special_tokens=False)["input_ids"]
             head = self.bos + (enc(CUES[s.modality]) if s.modality in CUES else [])
             tail = enc((" " if s.modality in CUES else "") + s.instruction + " answer:")
-            s._ids = (head, tail, enc(" " + s.target) + [self.tok.eos_token_id])
-        return s._ids
+            s._ids = (key, head, tail, enc(" " + s.target) + [self.tok.eos_token_id])
+        return s._ids[1:]
 
     def collate(self, samples, with_target=True):
         rows, labs, masks = [], [], []

@@ -88,6 +88,16 @@ def test_collate_masks_prompt_and_places_media(hf_dir):
     assert (b.attention_mask[1] == 0).sum() == b.input_ids.shape[1] - len(m._ids(t)[0] + m._ids(t)[1] + m._ids(t)[2])
 
 
+def test_token_cache_follows_the_text(hf_dir):
+    """A sample relabelled after it was tokenised (MoInCL's pseudo targets) must train on its new target."""
+    m = _model(hf_dir)
+    s = C.Sample("1", "text", "what is one plus one ?", "two", ["two"])
+    m.collate([s], with_target=False)
+    s.target = "three"
+    lab = m.collate([s]).labels[0]
+    assert m.tok.decode(lab[lab != -100][:-1].tolist()).strip() == "three"
+
+
 def test_lora_zero_init_is_identity_then_trains(hf_dir):
     from types import SimpleNamespace
     m = _model(hf_dir)
