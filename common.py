@@ -128,7 +128,7 @@ class Sample:
     media: str | None = None         # absolute path
     feat: torch.Tensor | None = None  # pooled frozen-encoder features (K, D_enc), filled by encode_samples
     task: str = ""
-    _ids: tuple | None = field(default=None, repr=False)  # cached (prompt-after-media ids, target ids)
+    _ids: tuple | None = field(default=None, repr=False)  # cached token ids, see MLLM._ids
     references: list | None = None    # captioning: all reference captions for CIDEr-D (default [target])
 
 
@@ -350,7 +350,9 @@ def _encoder_module(model, sub):
         model = model.get_encoder()
     for p in model.parameters():
         p.requires_grad_(False)
-    return model
+    # fp32 whatever the checkpoint stores (bf16/fp16 checkpoints would clash with the processors' fp32 inputs);
+    # the encoders run once per sample (features are cached), so this costs nothing per training step
+    return model.float()
 
 
 def _hidden(module):
@@ -627,12 +629,16 @@ class MLLM(nn.Module):
 
     # ---- tokenisation: [bos] cue <media x K> " {instruction} answer:" | " {target}" </s>
     def _ids(self, s):
-        if s._ids is None:
+        """(prompt ids before the media, prompt ids after it, target ids + </s>), cached on the sample. The cache is
+        keyed by the text it was made from: a sample whose instruction or target changes later (e.g. a pseudo
+        sample labelled after its teacher has read it) is tokenised again instead of training on stale ids."""
+        key = (s.modality, s.instruction, s.target)
+        if s._ids is None or s._ids[0] != key:
             enc = lambda t: self.tok(t, add_special_tokens=False)["input_ids"]
             head = self.bos + (enc(CUES[s.modality]) if s.modality in CUES else [])
             tail = enc((" " if s.modality in CUES else "") + s.instruction + " answer:")
-            s._ids = (head, tail, enc(" " + s.target) + [self.tok.eos_token_id])
-        return s._ids
+            s._ids = (key, head, tail, enc(" " + s.target) + [self.tok.eos_token_id])
+        return s._ids[1:]
 
     def collate(self, samples, with_target=True):
         rows, labs, masks = [], [], []
@@ -987,6 +993,8 @@ class Run:
         metrics.update(extras)
         s["timings"]["total_s"] = sum(s["timings"]["train_s"]) + sum(s["timings"]["eval_s"])
         s["timings"]["wall_s_this_process"] = time.time() - self.t0
+        if str(self.args.device).startswith("cuda"):   # peak GPU memory of this process (since its start / resume)
+            s["timings"]["peak_gpu_gib"] = torch.cuda.max_memory_allocated(self.args.device) / 2**30
         res = {"method": self.args.run_name, "args": {k: v for k, v in vars(self.args).items() if k != "fingerprint"},
                "tasks": [t.name for t in self.tasks], "steps": self.steps, "R": R, "zero_shot": s["zero_shot"], "text": s["text"],
                "metrics": metrics, "timings": s["timings"], "environment": environment(self.args),

@@ -157,10 +157,9 @@ def make_pseudo(teacher, tasks, t, args):
                                         references=None, _ids=None) for s in task.train]
         targets = teacher.generate(made, batch_size=args.eval_batch_size)  # y_hat = f_{t-1}(x, q), once per task
         for s, p, y_hat in zip(task.train, made, targets):
-            p.id, p.target = f"{s.id}/pseudo-{y}", y_hat
-            if p.answers is not None:
-                p.answers = [y_hat]
-            pool[s.id].append(p)
+            # a new sample, not an update of p: generate() cached p's tokens with the current sample's target
+            pool[s.id].append(dataclasses.replace(p, id=f"{s.id}/pseudo-{y}", target=y_hat, _ids=None,
+                                                  answers=None if p.answers is None else [y_hat]))
     return pool if other else {}
 
 

@@ -57,6 +57,17 @@ def test_hf_encoders_load_and_encode(hf_dir, media):
     assert not torch.allclose(aud[0], aud[1])
 
 
+def test_half_precision_encoder_checkpoint_runs_in_fp32(hf_dir, media, tmp_path):
+    """Many hub checkpoints store bf16/fp16 weights; the encoders must still take the processors' fp32 inputs."""
+    from transformers import ASTConfig, ASTFeatureExtractor, ASTModel
+    ASTModel(ASTConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, max_length=64,
+                       num_mel_bins=32)).to(torch.bfloat16).save_pretrained(tmp_path / "ast")
+    ASTFeatureExtractor(num_mel_bins=32, max_length=64).save_pretrained(tmp_path / "ast")
+    enc = C.Encoders(str(hf_dir / "clip"), str(tmp_path / "ast"), "cpu")
+    aud = enc("audio", [f"{media}/audio-cap/media/train_0000.wav"])[0]
+    assert aud.dtype == torch.float32 and aud.shape == (C.AUDIO_TOKENS, 32) and torch.isfinite(aud).all()
+
+
 def test_missing_paths_are_user_errors(tmp_path):
     with pytest.raises(C.UserError, match="--llm /no/such/model: path does not exist"):
         C.load_llm("/no/such/model", "cpu")
@@ -75,6 +86,16 @@ def test_collate_masks_prompt_and_places_media(hf_dir):
         lab = b.labels[i][b.labels[i] != -100].tolist()
         assert m.tok.decode(lab[:-1]).strip() == target and lab[-1] == m.tok.eos_token_id
     assert (b.attention_mask[1] == 0).sum() == b.input_ids.shape[1] - len(m._ids(t)[0] + m._ids(t)[1] + m._ids(t)[2])
+
+
+def test_token_cache_follows_the_text(hf_dir):
+    """A sample relabelled after it was tokenised (MoInCL's pseudo targets) must train on its new target."""
+    m = _model(hf_dir)
+    s = C.Sample("1", "text", "what is one plus one ?", "two", ["two"])
+    m.collate([s], with_target=False)
+    s.target = "three"
+    lab = m.collate([s]).labels[0]
+    assert m.tok.decode(lab[lab != -100][:-1].tolist()).strip() == "three"
 
 
 def test_lora_zero_init_is_identity_then_trains(hf_dir):

@@ -77,6 +77,10 @@ def test_pseudo_samples_use_current_media_and_earlier_type_instruction():
         assert p.id != s.id and s.instruction == "what colour ?"        # the current sample is left as it was
     teacher_says = model.generate([pool[s.id][0] for s in tasks[1].train])
     assert [pool[s.id][0].target for s in tasks[1].train] == teacher_says   # targets come from the teacher
+    # ... and so do the tokens the student is trained on (labels = teacher's words + </s>)
+    b = model.collate([pool[s.id][0] for s in tasks[1].train])
+    for row, said in zip(b.labels, teacher_says):
+        assert model.tok.decode(row[row != -100][:-1].tolist()).strip() == said.strip()
     # task 4 audio-cap after image-cap, audio-qa, image-qa: pseudo QA with the audio question bank
     pool = M.make_pseudo(model, tasks, 3, ARGS)
     for s in tasks[3].train:
