@@ -47,7 +47,8 @@ Deviations from the paper / official code (and why):
     task; micl, seed 0; validation Last on order 1 / order 2): these defaults 38.2 / 42.5; pseudo samples per batch
     2 / 4 / 16: 32.4 / 32.6, 31.3 / 32.9, 35.3 / 35.6; lambda 0.1: 31.2 / 29.7; IKD instructions per step 16 / 32:
     34.9 / 40.9, 35.9 / 35.4; 4 pseudo + 16 IKD: 39.0 / 41.5 (ablation --no-ptgm: 41.7 / 38.1). Nothing beat the
-    defaults on both orders, so they stay.
+    defaults on both orders, so they stay. (These checks ran before the PTGM label fix of commit
+    5864853, which changes what PTGM trains on; they are to be redone.)
   - No validation-based early stopping / best-epoch checkpoint (official: patience 5 on the current task's val
     split); every method here trains a fixed number of epochs and is evaluated after the last one.
   - Projectors stay trainable for every modality, as in finetune (official option --freeze_proj, off by default).
