@@ -89,7 +89,7 @@ def router_sample(s, names, k=None):
     """The routing version of sample s (same media); target = letter of expert k (training) or none (inference)."""
     letter = EXPERT_LETTERS[k] if k is not None else "A"
     return replace(s, instruction=router_prompt(s.instruction, names), target=letter, answers=[letter],
-                   references=None)
+                   references=None, _ids=None)
 
 
 def parse_letter(text, n_experts):
