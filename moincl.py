@@ -148,16 +148,16 @@ def make_pseudo(teacher, tasks, t, args):
     pool = {s.id: [] for s in task.train}
     for y in other:
         if y == "cap":
-            made = [dataclasses.replace(s, instruction=caption_instruction(s.modality), answers=None, references=None,
-                                        _ids=None) for s in task.train]
+            made = [dataclasses.replace(s, instruction=caption_instruction(s.modality), answers=None, references=None)
+                    for s in task.train]
         else:
             bank = question_bank(tasks, t, task.modality)
             made = [dataclasses.replace(s, instruction=bank[int(rng.integers(len(bank)))], answers=[""],
-                                        references=None, _ids=None) for s in task.train]
+                                        references=None) for s in task.train]
         targets = teacher.generate(made, batch_size=args.eval_batch_size)  # y_hat = f_{t-1}(x, q), once per task
         for s, p, y_hat in zip(task.train, made, targets):
-            # a new sample, not an update of p: generate() cached p's tokens with the current sample's target
-            pool[s.id].append(dataclasses.replace(p, id=f"{s.id}/pseudo-{y}", target=y_hat, _ids=None,
+            # the teacher's output is the pseudo target (MLLM._ids re-tokenises a sample whose text changed)
+            pool[s.id].append(dataclasses.replace(p, id=f"{s.id}/pseudo-{y}", target=y_hat,
                                                   answers=None if p.answers is None else [y_hat]))
     return pool if other else {}
 

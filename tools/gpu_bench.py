@@ -42,7 +42,7 @@ for task in tasks:
     r[f"train samples/s {task.name} (bs {BS}, seq {b.input_ids.shape[1]})"] = round(BS * steps / (time.time() - t), 1)
     if task.name.endswith("cap"):
         sync(); t = time.time()
-        preds = model.generate(task.test, batch_size=64)
+        model.generate(task.test, batch_size=64)
         sync()
         r[f"generate samples/s {task.name} (64, greedy, <= 20 tokens)"] = round(len(task.test) / (time.time() - t), 1)
 if cuda:

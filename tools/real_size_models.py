@@ -23,6 +23,10 @@ LLMS = {"qwen2.5-0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden
                            num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False)}
 SHRINK = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
               vocab_size=1000)
+ENCODERS = ("clip-vit-b16", "ast-audioset")
+unknown = [n for n in names if n not in LLMS and n not in ENCODERS]
+if unknown:
+    sys.exit(f"real_size_models.py: unknown model(s) {unknown}; expected some of {sorted(LLMS) + list(ENCODERS)}")
 torch.set_default_dtype(torch.bfloat16)
 for name in names:
     t = time.time()
@@ -51,4 +55,5 @@ for name in names:
     m.save_pretrained(path)
     print(f"{name}: {sum(p.numel() for p in m.parameters()) / 1e9:.3f} B params, saved in {time.time() - t:.0f}s", flush=True)
     del m
-    torch.cuda.empty_cache() if dev == "cuda" else None
+    if dev == "cuda":
+        torch.cuda.empty_cache()
