@@ -6,7 +6,8 @@ before_task, batch, extra_loss, after_task); the loop at the bottom is shared.
 
   finetune  one LoRA trained on task 1, 2, ..., T in turn, nothing against forgetting (lower bound).
                 L = L_CE(current batch)
-  joint     one LoRA trained on the union of all tasks at once (upper bound); R has a single row; same --lr, --epochs as a task.
+  joint     one LoRA trained on the union of all tasks at once (upper bound); R has a single row; same --lr and
+            --epochs as one task of the sequence.
   replay    experience replay with a tiny episodic memory (Chaudhry et al. 2019, "On Tiny Episodic Memories in
             Continual Learning"): after task t a random --replay-ratio (2%) of its training set enters the buffer M;
             every step of a later task joins the current batch with a replay batch drawn from M.

@@ -237,8 +237,9 @@ def load_tasks(args):
 
 # ================================================================================================== encoders
 # Image tokens: 64 keeps the tiny ViT's 8x8 patch grid whole. Pooled to 4x4 (16 tokens) it blurred the shapes: a
-# linear probe still read shape at 84 %, but image-cap trained alone reached only 38.7 / 45.3 / 54.2 on the validation
-# split (seeds 0-2) vs 64.9 / 72.5 / 70.2 with 64 tokens (README, gap notes). Real ViTs' larger grids are pooled to 8x8.
+# linear probe still read shape at 84 %, but image-cap trained alone reached only 38.7 / 45.3 / 54.2 on the
+# validation split (seeds 0-2) vs 64.9 / 72.5 / 70.2 with 64 tokens (README, "How the shared defaults were
+# chosen"). Real ViTs' larger grids are pooled to 8x8.
 IMAGE_TOKENS, VIDEO_GROUPS, VIDEO_TOKENS, AUDIO_TOKENS = 64, 4, 9, 16   # modality tokens after pooling
 VIDEO_FRAMES = 8                                                        # frames sampled per video
 
