@@ -623,6 +623,10 @@ class MLLM(nn.Module):
         self.projectors = nn.ModuleDict({m: Projector(k, d) for m, k in enc_dims.items()})
         self.bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
         self.media_id = tokenizer.pad_token_id    # placeholder id; its embedding is overwritten
+        # from_pretrained hands the LLM over in eval mode and generate() restores the mode it found: set train mode
+        # here, or the LLM's mode (dropout, for models that have it) would depend on whether generate() ran before
+        # training, and a resumed run (no zero-shot pass) would train differently from an uninterrupted one
+        self.train()
 
     @property
     def device(self):

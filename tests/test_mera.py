@@ -80,6 +80,19 @@ def test_lora_merge_equals_mean_of_vanilla_models_and_resets_lora():
         assert not torch.allclose(merged[n], vanillas[-1][n], atol=1e-4)      # the merge did something
 
 
+def test_full_weight_merge_reproduces_the_live_lora():
+    """merge_into_base(w = 1) then a fresh LoRA gives the outputs of the live LoRA: the delta is scaling * B @ A
+    with peft's own scaling (alpha / r), not B @ A alone."""
+    m = _tiny_mllm()
+    _random_lora(m, seed=7)
+    b = m.collate([C.Sample("a0", "audio", "what colour are the shapes?", "red", ["red"], feat=torch.randn(4, 8))])
+    with torch.no_grad():
+        live = m(b)
+        mera.merge_into_base(m.llm, mera.lora_factors(m.llm), 1.0)
+        mera.reset_lora(m.llm, seed=8)
+        assert torch.allclose(m(b), live, atol=1e-5)
+
+
 def test_no_merge_keeps_vanilla_and_replay_is_bit_identical():
     m, fresh = _tiny_mllm(), _tiny_mllm()
     history = []

@@ -115,6 +115,14 @@ def test_lora_zero_init_is_identity_then_trains(hf_dir):
     assert not torch.allclose(before, m(b), atol=1e-4)
 
 
+def test_train_mode_does_not_depend_on_generate(hf_dir):
+    m = _model(hf_dir)                                        # from_pretrained returns the LLM in eval mode
+    assert all(mod.training for mod in m.modules())
+    m.generate([C.Sample("1", "image", "what shape are they?", "circle", ["circle"], feat=torch.randn(16, 32))],
+               max_new_tokens=2)
+    assert all(mod.training for mod in m.modules())
+
+
 def test_generate_returns_strings(hf_dir):
     m = _model(hf_dir)
     s = [C.Sample(str(i), "image", "what shape are they?", "circle", ["circle"], feat=torch.randn(16, 32)) for i in range(3)]

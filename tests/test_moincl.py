@@ -60,6 +60,25 @@ def test_model_level_kd_terms_vanish_for_an_unchanged_student():
     assert M.ikd_loss(model, teacher, text, 5.0).item() > 1e-4
 
 
+def test_ikd_distils_every_non_padding_position_and_nothing_else():
+    model = _tiny_model()
+    add_lora(model, ARGS)
+    torch.nn.init.normal_(next(p for n, p in model.named_parameters() if "lora_B" in n))
+    teacher = M.frozen_teacher(model)
+    with torch.no_grad():
+        next(p for n, p in model.named_parameters() if "lora_A" in n).add_(0.5)            # student != teacher
+    texts = [Sample("t0", "text", "repeat : cat", "cat", ["cat"]),                          # different lengths:
+             Sample("t1", "text", "repeat : cat cat cat", "cat cat cat", ["cat cat cat"])]   # the batch is padded
+    T, rows = 5.0, []
+    with torch.no_grad():
+        for s in texts:                                    # each sequence alone: no padding, every position counts
+            b = model.collate([s])
+            lt, ls = (teacher(b)[0, :-1] / T).log_softmax(-1), (model(b)[0, :-1] / T).log_softmax(-1)
+            rows.append((lt.exp() * (lt - ls)).sum(-1))
+        got = M.ikd_loss(model, teacher, texts, T).item()
+    assert got == pytest.approx(T * T * torch.cat(rows).mean().item(), rel=1e-3)   # with padding rows: ~20 % off
+
+
 def test_pseudo_samples_use_current_media_and_earlier_type_instruction():
     model = _tiny_model()
     add_lora(model, ARGS)

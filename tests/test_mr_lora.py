@@ -142,6 +142,14 @@ def test_smoke_micl(smoke):
     assert os.path.isdir(smoke / "checkpoints" / "task5_video-cap" / "lora" / "expert5")
 
 
+def test_oracle_columns_stay_fixed_once_learned(tmp_path):
+    """With ground-truth routing each task is always answered by its own frozen expert and projector set, so
+    R[i][j] = R[j][j] for every later step i (fails if experts shared projectors or the oracle misrouted)."""
+    run_script("mr_lora.py", tmp_path / "oracle", *SMOKE, "--oracle")
+    R = json.load(open(tmp_path / "oracle" / "results.json"))["R"]
+    assert all(R[i][j] == R[j][j] for j in range(len(R)) for i in range(j, len(R)))
+
+
 def test_resume_after_kill_gives_same_results(smoke, tmp_path):
     """Experts, their projector sets, the router and its replay buffer come back from the checkpoint."""
     kill_and_resume("mr_lora.py", tmp_path / "killed", *SMOKE)
