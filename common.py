@@ -211,10 +211,7 @@ def data_root(args):
         return args.data_root
     from data.generate import build
     root = synthetic_root(args.seed)
-    tasks = scenario_tasks(args.scenario)
-    if not all(os.path.exists(os.path.join(root, t, "DONE")) for t in tasks + ["text"]):
-        print(f"generating the synthetic benchmark into {root} ...", flush=True)
-    return build(root, tasks, args.seed)
+    return build(root, scenario_tasks(args.scenario), args.seed)
 
 
 def load_tasks(args):
@@ -225,12 +222,12 @@ def load_tasks(args):
                   read_manifest(os.path.join(root, n, "test.jsonl"), n)[:args.test_limit]) for n in names]
     text = Task("text", read_manifest(os.path.join(root, "text", "train.jsonl"), "text"),
                 read_manifest(os.path.join(root, "text", "test.jsonl"), "text")[:args.test_limit])
-    if args.val:   # validation split: the last len(test) training samples; the test split is never read again
-        for task in tasks + [text]:
-            n = len(task.test)
-            if len(task.train) <= n:
+    if args.val:   # validation split: the last training samples, as many as the test split has but at most a
+        for task in tasks + [text]:   # fifth of them (mcl's 512-sample test split); the test split is never read
+            n = min(len(task.test), len(task.train) // 5)
+            if n < 1:
                 raise UserError(f"--val: task {task.name} has {len(task.train)} training samples, too few to hold "
-                                f"out {n} (the size of its test split) for validation")
+                                f"out a fifth of them for validation")
             task.train, task.test = task.train[:-n], task.train[-n:]
     return tasks, text
 

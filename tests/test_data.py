@@ -118,11 +118,12 @@ def test_cli_bad_flags_one_line(flags, expect, tmp_path):
 
 
 def test_val_split_holds_out_training_samples(tmp_path):
-    """--val: the last len(test) training samples become the evaluation split; test samples are never used."""
+    """--val: the last training samples (as many as the test split, at most a fifth) become the evaluation split;
+    test samples are never used."""
     from common import load_tasks, parse_args, shared_parser
     root = str(tmp_path)
     for t in ["dcl-rs", "dcl-med", "dcl-ad", "dcl-sci", "dcl-fin"]:
-        G.write_task(root, t, seed=0, sizes={"train": 5, "test": 2})
+        G.write_task(root, t, seed=0, sizes={"train": 10, "test": 2})
     G.write_text_task(root, 0)
     flags = ["--scenario", "dcl", "--data-root", root]
     test_tasks, _ = load_tasks(parse_args(shared_parser("x", "x"), flags))
@@ -133,8 +134,10 @@ def test_val_split_holds_out_training_samples(tmp_path):
         assert [s.id for s in task.train] + [s.id for s in task.test] == [s.id for s in full.train]
         assert len(task.test) == 2 and not {s.id for s in task.test} & {s.id for s in task.train}
     assert len(text.test) == 200 and len(text.train) == 1800
-    G.write_task(root, "dcl-rs", seed=0, sizes={"train": 2, "test": 2})       # nothing left to train on
-    with pytest.raises(UserError, match="--val: task dcl-rs has 2 training samples"):
+    G.write_task(root, "dcl-rs", seed=0, sizes={"train": 8, "test": 4})       # at most a fifth: 1 of 8, not 4
+    assert len(load_tasks(args)[0][0].test) == 1
+    G.write_task(root, "dcl-rs", seed=0, sizes={"train": 4, "test": 2})       # a fifth of 4 is nothing
+    with pytest.raises(UserError, match="--val: task dcl-rs has 4 training samples"):
         load_tasks(args)
 
 
@@ -176,3 +179,16 @@ def test_feature_cache_is_keyed_by_pooling(tmp_path, monkeypatch):
     t = tasks()
     common.encode_samples(FakeEncoders(), t, cache_dir=str(tmp_path))
     assert FakeEncoders.calls == 2 and t[0].train[0].feat.shape == (n, 2)
+
+
+def test_build_redraws_a_task_cached_at_another_size(tmp_path, monkeypatch):
+    """A cached task whose split sizes differ from split_sizes (mcl's test split grew from 64 to 512) is redrawn,
+    and the larger draw starts with the smaller one (same rng stream)."""
+    monkeypatch.setattr(G, "TEXT_SIZES", {"train": 2, "test": 2})
+    monkeypatch.setattr(G, "MIXED_SIZES", {"train": 3, "test": 2})
+    G.build(str(tmp_path), ["image"], 0)
+    small = open(tmp_path / "image/test.jsonl").read().splitlines()
+    monkeypatch.setattr(G, "MIXED_SIZES", {"train": 3, "test": 4})
+    G.build(str(tmp_path), ["image"], 0)
+    big = open(tmp_path / "image/test.jsonl").read().splitlines()
+    assert len(small) == 2 and len(big) == 4 and big[:2] == small
