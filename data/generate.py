@@ -438,6 +438,9 @@ EXT = {"image": "png", "audio": "wav", "video": "mp4"}
 
 
 def split_sizes(name):
+    """Samples per split of a registered task or of the text-only set ("text")."""
+    if name == "text":
+        return TEXT_SIZES
     return MIXED_SIZES if TASKS[name][1] == "mixed" else SIZES_PER_SPLIT
 
 
@@ -488,18 +491,21 @@ def build(root, tasks, seed):
     def complete(t):
         if not os.path.exists(os.path.join(root, t, "DONE")):
             return False
-        return all(os.path.exists(f := os.path.join(root, t, f"{split}.jsonl")) and sum(1 for _ in open(f)) == n
-                   for split, n in split_sizes(t).items())
-    missing = [t for t in tasks if not complete(t)]
-    if missing or not os.path.exists(os.path.join(root, "text", "DONE")):
+        for split, n in split_sizes(t).items():
+            path = os.path.join(root, t, f"{split}.jsonl")
+            if not os.path.exists(path):
+                return False
+            with open(path) as f:
+                if sum(1 for _ in f) != n:
+                    return False
+        return True
+    missing = [t for t in list(tasks) + ["text"] if not complete(t)]
+    if missing:
         print(f"generating the synthetic benchmark into {root} ...", flush=True)
     for t in missing:
         shutil.rmtree(os.path.join(root, t), ignore_errors=True)   # a half-written task from a crash
-        write_task(root, t, seed)
+        write_text_task(root, seed) if t == "text" else write_task(root, t, seed)
         open(os.path.join(root, t, "DONE"), "w").close()
-    if not os.path.exists(os.path.join(root, "text", "DONE")):
-        write_text_task(root, seed)
-        open(os.path.join(root, "text", "DONE"), "w").close()
     return root
 
 
