@@ -58,8 +58,10 @@ def shared_parser(method, doc):
     """The CLI every script shares; method files add their own flags to the returned parser."""
     p = argparse.ArgumentParser(description=doc.strip().splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("shared")
-    g.add_argument("--scenario", default="micl", help=f"one of {sorted(ORDERS)}")
+    g.add_argument("--scenario", default=None, help=f"one of {sorted(ORDERS)} (default micl)")
     g.add_argument("--order", type=int, default=1, help="task order within the scenario")
+    g.add_argument("--tasks", default=None, help="any task sequence instead of --scenario/--order: comma-separated task "
+                   "folders under --data-root (or synthetic task names), trained in this order, e.g. image-qa,image-cap")
     g.add_argument("--seed", type=int, default=0, help="seeds training and the synthetic train/test draw")
     g.add_argument("--output-dir", default=None, help=f"default runs/{method}__<scenario>__order<k>__seed<s>")
     g.add_argument("--data-root", default=None, help="folder of <task>/{train,test}.jsonl manifests; default: "
@@ -67,6 +69,8 @@ def shared_parser(method, doc):
     g.add_argument("--llm", default="tiny", help="'tiny' (embedded default) or a Hugging Face causal-LM id/path")
     g.add_argument("--image-encoder", default="tiny", help="'tiny' or a HF vision model id/path (e.g. CLIP)")
     g.add_argument("--audio-encoder", default="tiny", help="'tiny' or a HF audio model id/path (AST, Whisper, CLAP)")
+    g.add_argument("--chat-template", action="store_true", help="prompt through the LLM tokenizer's chat template "
+                   "(user turn: cue, media, instruction; assistant turn: target), as instruct LLMs are tuned")
     # batch 16, lr 1e-3, 20 epochs (with 64 image tokens): chosen on the validation split (--val), finetune micl,
     # seeds 0-2, both orders: lowest R[j, j] per run 65.6-81.1; 16 epochs gave 48.1-70.8, lr 2e-3 54.1-77.3
     g.add_argument("--epochs", type=int, default=20, help="epochs per task")
@@ -90,17 +94,30 @@ def shared_parser(method, doc):
 def parse_args(parser, argv=None, run_name=None):
     """Parse and validate shared flags. `run_name` names the output folder (default: the method)."""
     args = parser.parse_args(argv)
-    if args.scenario not in ORDERS:
-        raise UserError(f"--scenario {args.scenario!r} is unknown; expected one of {sorted(ORDERS)}")
-    if args.order not in ORDERS[args.scenario]:
-        raise UserError(f"--order {args.order} is out of range for --scenario {args.scenario}; "
-                        f"expected one of {sorted(ORDERS[args.scenario])}")
+    if args.tasks is not None:          # a sequence of its own: named "custom", its order is the sequence itself
+        if args.scenario is not None:
+            raise UserError("--tasks and --scenario name two task sequences; give one of them")
+        args.task_names = [t.strip() for t in args.tasks.split(",")]
+        bad = [t for t in args.task_names if not t or t != os.path.basename(t) or t in (".", "..", "text")]
+        if bad or len(set(args.task_names)) != len(args.task_names):
+            raise UserError(f"--tasks {args.tasks!r}: expected distinct task folder names separated by commas "
+                            f"(not 'text', the text-only set)")
+        args.scenario, args.order = "custom", "+".join(args.task_names)
+    else:
+        args.scenario = args.scenario or "micl"
+        if args.scenario not in ORDERS:
+            raise UserError(f"--scenario {args.scenario!r} is unknown; expected one of {sorted(ORDERS)}")
+        if args.order not in ORDERS[args.scenario]:
+            raise UserError(f"--order {args.order} is out of range for --scenario {args.scenario}; "
+                            f"expected one of {sorted(ORDERS[args.scenario])}")
+        args.task_names = ORDERS[args.scenario][args.order]
     for flag in ("epochs", "batch_size", "eval_batch_size", "lora_r"):
         if getattr(args, flag) < 1:
             raise UserError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     args.run_name = (run_name or args.method) + ("-val" if args.val else "")
     if args.output_dir is None:
-        args.output_dir = os.path.join("runs", f"{args.run_name}__{args.scenario}__order{args.order}__seed{args.seed}")
+        seq = f"{args.scenario}__order{args.order}" if args.scenario != "custom" else f"custom__{args.order}"
+        args.output_dir = os.path.join("runs", f"{args.run_name}__{seq}__seed{args.seed}")
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     return args
@@ -130,6 +147,7 @@ class Sample:
     task: str = ""
     _ids: tuple | None = field(default=None, repr=False)  # cached token ids, see MLLM._ids
     references: list | None = None    # captioning: all reference captions for CIDEr-D (default [target])
+    annotators: list | None = None    # QA: every annotator's answer (repeats kept) -> VQA accuracy instead of exact match
 
 
 @dataclass
@@ -184,11 +202,16 @@ def read_manifest(path, task):
             answers = r.get("answers")
             if answers is not None and (not isinstance(answers, list) or not answers or not all(isinstance(a, str) for a in answers)):
                 raise UserError(f"{where}: 'answers' must be a non-empty list of strings")
-            refs = r.get("references")
-            if refs is not None and (not isinstance(refs, list) or not refs or not all(isinstance(a, str) for a in refs)):
-                raise UserError(f"{where}: 'references' must be a non-empty list of strings")
+            lists = {}
+            for key in ("references", "annotators"):
+                v = lists[key] = r.get(key)
+                if v is not None and (not isinstance(v, list) or not v or not all(isinstance(a, str) for a in v)):
+                    raise UserError(f"{where}: {key!r} must be a non-empty list of strings")
+            if lists["annotators"] is not None and answers is None:
+                raise UserError(f"{where}: 'annotators' is for QA samples, which also need 'answers'")
             out.append(Sample(str(r.get("id", f"{task}/{ln}")), r["modality"], r["instruction"], r["target"],
-                              answers, media, task=task, references=refs))
+                              answers, media, task=task, references=lists["references"],
+                              annotators=lists["annotators"]))
     if not out:
         raise UserError(f"{path}: the manifest has no samples (empty task)")
     return out
@@ -204,26 +227,35 @@ def synthetic_root(seed):
 
 
 def data_root(args):
-    """--data-root, or the synthetic benchmark for --seed (generated on first use, <= 60 s)."""
+    """--data-root (every task folder checked), or the synthetic benchmark for --seed (generated on first use)."""
     if args.data_root is not None:
         if not os.path.isdir(args.data_root):
             raise UserError(f"--data-root {args.data_root}: not a directory")
+        for n in args.task_names:
+            if not os.path.isdir(os.path.join(args.data_root, n)):
+                raise UserError(f"--data-root {args.data_root}: no folder {n}/ for task {n!r} of the task sequence "
+                                f"(expected <data-root>/{n}/{{train,test}}.jsonl; convert with python -m data.convert)")
         return args.data_root
-    from data.generate import build
-    root = synthetic_root(args.seed)
-    return build(root, scenario_tasks(args.scenario), args.seed)
+    from data.generate import TASKS, build
+    unknown = [n for n in args.task_names if n not in TASKS]
+    if unknown:
+        raise UserError(f"--tasks: {unknown} are not synthetic tasks (expected some of {sorted(TASKS)}, "
+                        f"or give --data-root)")
+    return build(synthetic_root(args.seed), sorted(set(args.task_names)), args.seed)
 
 
 def load_tasks(args):
-    """The scenario's task sequence (in --order) and the text-only instruction set."""
+    """The task sequence (--scenario/--order or --tasks) and the text-only instruction set (None when a
+    --data-root has no text/ folder: text-only retention is then left out of the results)."""
     root = data_root(args)
-    names = ORDERS[args.scenario][args.order]
     tasks = [Task(n, read_manifest(os.path.join(root, n, "train.jsonl"), n)[:args.train_limit],
-                  read_manifest(os.path.join(root, n, "test.jsonl"), n)[:args.test_limit]) for n in names]
-    text = Task("text", read_manifest(os.path.join(root, "text", "train.jsonl"), "text"),
-                read_manifest(os.path.join(root, "text", "test.jsonl"), "text")[:args.test_limit])
+                  read_manifest(os.path.join(root, n, "test.jsonl"), n)[:args.test_limit]) for n in args.task_names]
+    text = None
+    if os.path.isdir(os.path.join(root, "text")):
+        text = Task("text", read_manifest(os.path.join(root, "text", "train.jsonl"), "text"),
+                    read_manifest(os.path.join(root, "text", "test.jsonl"), "text")[:args.test_limit])
     if args.val:   # validation split: the last training samples, as many as the test split has but at most a
-        for task in tasks + [text]:   # fifth of them (mcl's 512-sample test split); the test split is never read
+        for task in tasks + [text] * (text is not None):   # fifth of them (mcl's 512 test samples); test never read
             n = min(len(task.test), len(task.train) // 5)
             if n < 1:
                 raise UserError(f"--val: task {task.name} has {len(task.train)} training samples, too few to hold "
@@ -256,10 +288,18 @@ def load_audio(path, sr):
         wav, file_sr = sf.read(path, dtype="float32", always_2d=True)
     except Exception as e:  # soundfile raises LibsndfileError / RuntimeError subclasses
         raise UserError(f"{path}: not a readable audio file ({type(e).__name__})")
-    wav = wav.mean(1)
-    if file_sr != sr:   # linear resampling keeps the dependency list short; real pipelines should resample offline
-        wav = np.interp(np.linspace(0, len(wav) - 1, int(len(wav) * sr / file_sr)), np.arange(len(wav)), wav).astype(np.float32)
+    wav = wav.mean(1)                                   # stereo -> mono
+    if file_sr != sr:
+        wav = resample(wav, file_sr, sr)
     return wav
+
+
+def resample(wav, sr_in, sr_out):
+    """Band-limited resampling in the frequency domain (keeps the spectrum below both Nyquist rates, so 44.1 or
+    48 kHz releases reach a 16 kHz encoder without aliasing); numpy only."""
+    n_out = max(1, round(len(wav) * sr_out / sr_in))
+    spec = np.fft.rfft(wav)[:n_out // 2 + 1]                         # drop what the new rate cannot hold
+    return (np.fft.irfft(spec, n_out) * (n_out / len(wav))).astype(np.float32)
 
 
 def load_video(path, num_frames=None):
@@ -613,9 +653,9 @@ class Batch:
 class MLLM(nn.Module):
     """Frozen LLM (optionally peft-wrapped) + trainable per-modality projectors."""
 
-    def __init__(self, llm, tokenizer, enc_dims):
+    def __init__(self, llm, tokenizer, enc_dims, chat=False):
         super().__init__()
-        self.llm, self.tok = llm, tokenizer
+        self.llm, self.tok, self.chat = llm, tokenizer, chat
         d = llm.config.get_text_config().hidden_size
         self.projectors = nn.ModuleDict({m: Projector(k, d) for m, k in enc_dims.items()})
         self.bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
@@ -634,13 +674,36 @@ class MLLM(nn.Module):
         """(prompt ids before the media, prompt ids after it, target ids + </s>), cached on the sample. The cache is
         keyed by the text it was made from: a sample whose instruction or target changes later (e.g. a pseudo
         sample labelled after its teacher has read it) is tokenised again instead of training on stale ids."""
-        key = (s.modality, s.instruction, s.target)
+        key = (s.modality, s.instruction, s.target, self.chat)
         if s._ids is None or s._ids[0] != key:
             enc = lambda t: self.tok(t, add_special_tokens=False)["input_ids"]
-            head = self.bos + (enc(CUES[s.modality]) if s.modality in CUES else [])
-            tail = enc((" " if s.modality in CUES else "") + s.instruction + " answer:")
-            s._ids = (key, head, tail, enc(" " + s.target) + [self.tok.eos_token_id])
+            if self.chat:
+                s._ids = (key, *self._chat_ids(s, enc))
+            else:
+                head = self.bos + (enc(CUES[s.modality]) if s.modality in CUES else [])
+                tail = enc((" " if s.modality in CUES else "") + s.instruction + " answer:")
+                s._ids = (key, head, tail, enc(" " + s.target) + [self.tok.eos_token_id])
         return s._ids[1:]
+
+    _MEDIA = "<<media>>"    # marker for the media tokens' place in the rendered template text
+
+    def _chat_ids(self, s, enc):
+        """--chat-template: user turn = cue, media, instruction; assistant turn = target (its template tokens, e.g.
+        Qwen's <|im_end|>, are target tokens too, so the model learns to end its turn). The template is rendered as
+        text once with and once without the assistant turn; the difference is the target."""
+        cue = CUES[s.modality].strip() + self._MEDIA + " " if s.modality in CUES else ""
+        user = [{"role": "user", "content": cue + s.instruction}]
+        # date_string pins the date that some templates (Llama 3.x) write into their system prompt, so a prompt
+        # is the same every day (a resumed run must see what the first process saw)
+        render = lambda msgs, gen: self.tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen,
+                                                                date_string="26 Jul 2024")
+        prompt = render(user, True)
+        full = render(user + [{"role": "assistant", "content": s.target}], False)
+        if not full.startswith(prompt) or self.tok.eos_token not in full[len(prompt):]:
+            raise UserError("--chat-template: the LLM's chat template does not render an assistant turn that extends "
+                            "the generation prompt and ends with the eos token; use the plain prompt (no flag)")
+        head, _, tail = prompt.partition(self._MEDIA)
+        return enc(head), enc(tail), enc(full[len(prompt):])
 
     def collate(self, samples, with_target=True):
         rows, labs, masks = [], [], []
@@ -738,14 +801,18 @@ def build_model(args):
     enc = Encoders(pick(args.image_encoder, "image"), pick(args.audio_encoder, "audio"), args.device)
     encode_samples(enc, tasks, cache_dir=os.path.join(CACHE, "features"))
     llm, tok = load_llm(pick(args.llm, "llm"), args.device)
+    if args.chat_template and not getattr(tok, "chat_template", None):
+        raise UserError(f"--chat-template: the tokenizer of --llm {args.llm} has no chat template")
     seed_everything(args.seed)
-    model = MLLM(llm, tok, enc.dims).to(args.device)
+    model = MLLM(llm, tok, enc.dims, chat=args.chat_template).to(args.device)
     # the embedded default is named by its build (tiny-<key>), so --resume refuses a run made on another tiny base
     name = lambda v, k: os.path.basename(os.path.dirname(tiny[k])) if v == "tiny" else v
     args.fingerprint = {"llm": name(args.llm, "llm"), "image_encoder": name(args.image_encoder, "image"),
                         "audio_encoder": name(args.audio_encoder, "audio"),
                         "llm_hidden": llm.config.get_text_config().hidden_size, "vocab": len(tok), "enc_dims": enc.dims,
                         "lora_r": args.lora_r, "lora_alpha": args.lora_alpha}
+    if args.chat_template:     # only when set, so runs without it keep their fingerprint
+        args.fingerprint["chat_template"] = True
     del enc
     return model, tasks, text
 
@@ -793,6 +860,13 @@ def normalize_answer(s):
 def qa_score(pred, answers):
     """100 if the normalised prediction equals any normalised answer, else 0."""
     return 100.0 * (normalize_answer(pred) in {normalize_answer(a) for a in answers})
+
+
+def vqa_accuracy(pred, annotators):
+    """VQA accuracy (as MoInCL's evaluation scores OK-VQA / Clotho-AQA), on normalised strings:
+        acc = 100 * min(1, #annotators whose answer equals the prediction / 3)"""
+    p = normalize_answer(pred)
+    return 100.0 * min(1.0, sum(normalize_answer(a) == p for a in annotators) / 3)
 
 
 def _ngrams(words, n):
@@ -845,9 +919,11 @@ def cider_d(cands, refs, n=4, sigma=6.0):
 
 
 def score_predictions(samples, preds):
-    """Task score (0-100): mean per-sample score; QA samples by exact match, captions by CIDEr-D against their
-    `references` (default [target]; idf over the references of this set)."""
-    qa = [qa_score(p, s.answers) for s, p in zip(samples, preds) if s.answers is not None]
+    """Task score (0-100): mean per-sample score; QA samples by VQA accuracy when they keep their annotators'
+    answers, else by exact match; captions by CIDEr-D against their `references` (default [target]; idf over the
+    references of this set)."""
+    qa = [vqa_accuracy(p, s.annotators) if s.annotators else qa_score(p, s.answers)
+          for s, p in zip(samples, preds) if s.answers is not None]
     caps = [(p, s.references or [s.target]) for s, p in zip(samples, preds) if s.answers is None]
     cap = cider_d([c for c, _ in caps], [r for _, r in caps]) if caps else []
     return float(np.mean(qa + cap))
@@ -948,11 +1024,15 @@ class Run:
     def score_row(self, predict):
         return [evaluate(predict, task) for task in self.tasks]
 
+    def text_score(self, predict):
+        """Text-only instruction accuracy, or None without a text-only set."""
+        return None if self.text is None else evaluate(predict, self.text)
+
     def zero_shot(self, predict):
         if self.state["zero_shot"] is None:
             self.state["zero_shot"] = self.score_row(predict)
-            self.state["text_zero_shot"] = evaluate(predict, self.text)
-            print(f"zero-shot: {fmt_row(self.state['zero_shot'])} | text {self.state['text_zero_shot']:.1f}", flush=True)
+            self.state["text_zero_shot"] = self.text_score(predict)
+            print(f"zero-shot: {fmt_row(self.state['zero_shot'])}{fmt_text(self.state['text_zero_shot'])}", flush=True)
         self._task_t0 = time.time()
 
     def end_task(self, t, model, predict, extra=None, text_predict=None):
@@ -960,7 +1040,7 @@ class Run:
         train_s = time.time() - self._task_t0
         e0 = time.time()
         row = self.score_row(predict)
-        txt = evaluate(text_predict or predict, self.text)
+        txt = self.text_score(text_predict or predict)
         eval_s = time.time() - e0
         save_checkpoint(self.ckpt_dir(t), model, extra)
         self.state["R"][t] = row
@@ -974,7 +1054,7 @@ class Run:
             prev = os.path.join(self.ckpt_dir(t - 1), "resume.pt")
             if os.path.exists(prev):
                 os.remove(prev)
-        print(f"after step {t + 1}/{len(self.steps)} {self.steps[t]:>10}: {fmt_row(row)} | text {txt:.1f} "
+        print(f"after step {t + 1}/{len(self.steps)} {self.steps[t]:>10}: {fmt_row(row)}{fmt_text(txt)} "
               f"| train {train_s:.0f}s eval {eval_s:.0f}s", flush=True)
         self._task_t0 = time.time()
 
@@ -990,8 +1070,9 @@ class Run:
         s = self.state
         R = s["R"]
         metrics = cl_metrics(R)
-        metrics["text_retention"] = s["text"][-1]
-        metrics["text_base"] = s["text_zero_shot"]
+        if self.text is not None:
+            metrics["text_retention"] = s["text"][-1]
+            metrics["text_base"] = s["text_zero_shot"]
         metrics.update(extras)
         s["timings"]["total_s"] = sum(s["timings"]["train_s"]) + sum(s["timings"]["eval_s"])
         s["timings"]["wall_s_this_process"] = time.time() - self.t0
@@ -1012,6 +1093,10 @@ class Run:
 
 def fmt_row(row):
     return " ".join(f"{x:5.1f}" for x in row)
+
+
+def fmt_text(score):
+    return "" if score is None else f" | text {score:.1f}"
 
 
 def _jsonable(o):

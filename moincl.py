@@ -60,6 +60,7 @@ Usage:
 import copy
 import dataclasses
 import math
+import os
 
 import numpy as np
 import torch
@@ -92,6 +93,10 @@ def get_args(argv=None):
         raise UserError(f"--kd-temperature must be > 0, got {args.kd_temperature}")
     if args.lora_fusion is not None and not 0 <= args.lora_fusion <= 1:
         raise UserError(f"--lora-fusion must be in [0, 1], got {args.lora_fusion}")
+    if not args.no_ikd and args.data_root and not os.path.isdir(os.path.join(args.data_root, "text")):
+        raise UserError(f"--data-root {args.data_root}: IKD needs a text-only instruction set in text/; add one "
+                        f"(python -m data.convert alpaca --src alpaca_data.json --out {args.data_root}/text) "
+                        f"or pass --no-ikd")
     return args
 
 

@@ -51,7 +51,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from common import (ORDERS, Run, UserError, add_lora, batches, build_model, ce_loss, make_optimizer, parse_args,
+from common import (Run, UserError, add_lora, batches, build_model, ce_loss, make_optimizer, parse_args,
                     seed_everything, shared_parser, task_seed)
 from data.generate import EXPERT_LETTERS
 
@@ -68,9 +68,9 @@ def get_args(argv=None):
     args = parse_args(p, argv, run_name="mr-lora-oracle" if a.oracle else "mr-lora")
     if args.router_samples < 1 or args.router_epochs < 1 or args.router_lr <= 0:
         raise UserError("--router-samples and --router-epochs must be >= 1 and --router-lr > 0")
-    if len(ORDERS[args.scenario][args.order]) > len(EXPERT_LETTERS):
+    if len(args.task_names) > len(EXPERT_LETTERS):
         raise UserError(f"MR-LoRA's router names at most {len(EXPERT_LETTERS)} experts by letter; this task sequence "
-                        f"has {len(ORDERS[args.scenario][args.order])} tasks")
+                        f"has {len(args.task_names)} tasks")
     return args
 
 
