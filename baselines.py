@@ -1,51 +1,48 @@
 """Continual-learning baselines for MLLMs: fine-tuning, joint training, replay, LwF, EWC and O-LoRA (SPEC 5).
 
 Every baseline trains LoRA on the frozen LLM plus the shared per-modality projectors (trainable) over the task
-sequence. Each method is one clearly separated section below (a class with the hooks the training loop calls:
-before_task, batch, extra_loss, after_task); the loop at the bottom is shared.
+sequence. Each method is one section below (a class with the hooks the shared training loop at the bottom calls:
+before_task, batch, extra_loss, after_task). Results and notes: docs/baselines.md.
 
-  finetune  one LoRA trained on task 1, 2, ..., T in turn, nothing against forgetting (lower bound).
-                L = L_CE(current batch)
+  finetune  one LoRA trained on task 1, 2, ..., T in turn, nothing against forgetting (lower bound):  L = L_CE
   joint     one LoRA trained on the union of all tasks at once (upper bound); R has a single row; same --lr and
             --epochs as one task of the sequence.
-  replay    experience replay with a tiny episodic memory (Chaudhry et al. 2019, "On Tiny Episodic Memories in
-            Continual Learning"): after task t a random --replay-ratio (2%) of its training set enters the buffer M;
-            every step of a later task joins the current batch with a replay batch drawn from M.
+  replay    experience replay, tiny episodic memory (Chaudhry et al. 2019, arXiv:1902.10486): after task t a
+            random --replay-ratio (2%) of its training set enters the buffer M; every step of a later task joins
+            the current batch with a replay batch drawn from M.
                 L = L_CE(B_cur  U  B_M),   |B_M| = min(--replay-batch-size, |M|)
-  lwf       Learning without Forgetting (Li & Hoiem, TPAMI 2017): the model after task t-1 is a frozen teacher;
-            on the CURRENT task's data the student also matches the teacher's softened target-token distributions.
+  lwf       Learning without Forgetting (Li & Hoiem, TPAMI 2017, arXiv:1606.09282): the model after task t-1 is a
+            frozen teacher; on the CURRENT task's data the student also matches its softened target-token outputs.
                 L = L_CE + w T^2 KL(softmax(z_teacher / T) || softmax(z_student / T))   (T = 2, w = 1)
-  ewc       Elastic Weight Consolidation (Kirkpatrick et al., PNAS 2017), diagonal Fisher over LoRA + projectors.
+  ewc       Elastic Weight Consolidation (Kirkpatrick et al., PNAS 2017, arXiv:1612.00796), LoRA + projectors:
                 F_t,i = 1/N sum_n (d L_CE(x_n) / d theta_i)^2  at theta*_t          (per-sample, empirical Fisher)
                 F = sum_{s<=t} F_s,   theta* = theta after task t
                 L = L_CE + (lambda / 2) sum_i F_i (theta_i - theta*_i)^2
-  olora     O-LoRA (Wang et al., EMNLP Findings 2023, "Orthogonal Subspace Learning for Language Model Continual
-            Learning"): a new LoRA per task; earlier LoRAs stay active (their updates are summed) but frozen; the
-            new A is pushed orthogonal to every earlier A, per LoRA-wrapped layer l:
+  olora     O-LoRA (Wang et al., EMNLP Findings 2023, arXiv:2310.14152): a new LoRA per task; earlier LoRAs stay
+            active (summed) but frozen; the new A is pushed orthogonal to every earlier A, per LoRA-wrapped layer l:
                 L = L_CE + lambda_1 sum_l sum_{s<t} sum_{jk} |A_s^l (A_t^l)^T|_jk
                          + lambda_2 sum_l (||A_t^l||_2 + ||B_t^l||_2)                 (lambda_1 = 0.5, lambda_2 = 0)
 
-Deviations from the papers / official code:
-  - All methods keep the shared per-modality projectors trainable (as finetune does); they are not part of any
-    method's protection except EWC's Fisher (SPEC 5: "diagonal Fisher on LoRA+projector").
-  - replay: ER's replay batch (same size as the current batch, as in ER) is capped by the memory size, drawn
-    without replacement; with 2% of 320 samples = 6 per task the whole memory (<= 30 samples) joins every batch.
-    The loss is the token-mean CE over the joined batch (one batch, as in ER).
-  - lwf: the teacher is a deep copy of the MLLM after task t-1 (LLM + LoRA + projectors); the KD is on
-    teacher-forced target tokens of the current data. LwF had one output head per task; an LLM has one
-    vocabulary, so the KD pulls the very logits that the CE trains towards the old model's answer (less plasticity).
-  - ewc: empirical Fisher (gradient of the CE on the ground-truth target, one sample at a time), not the true
-    Fisher with y ~ p_theta; one anchor theta* (after the latest task) with the Fishers summed over tasks
-    (Huszar 2018's correction, = online EWC with gamma = 1) instead of one penalty per task. lambda = 400 as in
-    TRACE's EWC baseline for LLMs (Wang et al. 2023).
-  - olora: official code concatenates finished LoRAs into one growing lora_A/lora_B; separate peft adapters that
-    are all active compute the same sum. The L2 term uses the Frobenius norm (not squared), as the official code.
+Deviations from the papers / official code (and why):
+  - Projectors stay trainable in every method (as in finetune) and only EWC's Fisher protects them (SPEC 5:
+    "diagonal Fisher on LoRA+projector").
+  - replay: ER's replay batch (current batch size) is capped by the memory size and drawn without replacement:
+    2% of 320 samples = 6 per task, so the whole memory (<= 30 samples) joins every batch; token-mean CE over
+    the joined batch (one batch, as in ER).
+  - lwf: the teacher is a deep copy of the MLLM after task t-1 (LLM + LoRA + projectors); KD on teacher-forced
+    target tokens of the current data. LwF had one head per task; an LLM has one vocabulary, so the KD pulls the
+    very logits the CE trains towards the old model's answer (less plasticity).
+  - ewc: empirical Fisher (CE gradient on the ground-truth target, per sample), not the true Fisher (y ~ p_theta);
+    one anchor theta* (latest task) with Fishers summed over tasks (Huszar 2018's correction, arXiv:1712.03847,
+    = online EWC with gamma = 1) instead of one penalty per task; lambda = 400 as TRACE's EWC baseline for LLMs
+    (Wang et al. 2023, arXiv:2310.06762).
+  - olora: the official code concatenates finished LoRAs into one growing lora_A/lora_B; separate peft adapters,
+    all active, compute the same sum. The L2 term uses the Frobenius norm (not squared), as the official code.
 
 Usage:
     python baselines.py --method finetune --order 1
     python baselines.py --method joint --scenario micl --order 2 --seed 1
-    python baselines.py --method ewc --ewc-lambda 400
-    python baselines.py --method olora --olora-lambda1 0.5 --olora-lambda2 0
+    python baselines.py --method olora --olora-lambda1 0.5 --olora-lambda2 0     # or --method ewc --ewc-lambda 400
 """
 import copy
 

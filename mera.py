@@ -1,7 +1,7 @@
 """MERA: Merge then Realign for modality-incremental continual learning of MLLMs.
 
-Zhang, Qi, Xiao, Chen, Wang. "Merge then Realign: Simple and Effective Modality-Incremental Continual Learning
-for Multimodal LLMs." EMNLP 2025 (arXiv 2503.07663).
+Zhang, Qi, Xiao, Chen, Wang, "Merge then Realign: Simple and Effective Modality-Incremental Continual Learning
+for Multimodal LLMs", EMNLP 2025, https://arxiv.org/abs/2503.07663. Schedule choice, replay study: docs/mera.md.
 
 An MLLM has modality-agnostic parts (the LLM) and modality-specific parts (one projector per modality). Learning
 modality i sequentially causes forgetting (the LLM drifts towards modality i) and misalignment (earlier projectors
@@ -20,37 +20,21 @@ theta_{i,vanilla} = theta_{i-1} + Delta_i with Delta_i = scaling * B_i A_i on ev
 linear weight in float32, write the result into the base weight, and reset the LoRA (B = 0) so the next step
 starts from theta_i. All other LLM weights are untouched by LoRA training, so for them (Eq. merge) is the identity.
 Unrolled: theta_T = theta_0 + sum_i (1/i) Delta_i, i.e. exactly the plain mean of the vanilla models.
+Resume: the merged base weights are not in the LoRA/projector checkpoint, so `extra` keeps the merge history (each
+step's w_i, A_i, B_i) and each task's replay ids; `--resume` replays the same float ops -> bit-identical weights.
 
-Resume: the merged base weights are not part of the LoRA/projector checkpoint, so `extra` keeps the merge history
-(each step's weight w_i and LoRA factors A_i, B_i); `--resume` replays the same float ops -> bit-identical weights.
-It also keeps each task's replay sample ids.
-
-Deviations from the paper / official code:
-  - Official code was not available to us; the procedure follows the paper's description (merge = running
-    average with equal weights, realign = connector-only training on 10% replay of each learned modality).
+Deviations from the paper / official code (and why):
+  - No official code was available (none found anywhere): the procedure follows the paper's description.
   - The paper extends a large pretrained MLLM through its modality connectors; here the connectors are the shared
-    per-modality MLP projectors of common.py and the LLM is adapted with LoRA (SPEC 5).
-  - The merge is applied to the LoRA-targeted linear weights only (the only LLM weights that fine-tuning changes).
-    On CUDA the base weights are bf16: the merged weight is computed in float32 and rounded to bf16 once per step
-    (deltas below bf16 resolution are lost, as with peft's merge_and_unload).
-  - Realignment trains all seen projectors together on the union of the replay sets (one projector only gets
-    gradients from its own modality's samples) with a fresh AdamW, --realign-lr 1e-3 for --realign-epochs 3. The
-    paper gives no schedule for this setting. Chosen on a validation draw, never the test split: the full training
-    split for training and 1024 fresh samples per mcl modality from an rng stream no split uses (`data.generate.
-    write_task(root, task, seed, {"train": 320, "valbig": 1024})`, valbig.jsonl renamed test.jsonl, `--data-root
-    root`), seeds 0-2. Validation BRG on orders 1 / 2 (Last in brackets):
-        10 epochs, lr 1e-3 (the former default)   94.7 / 95.6   (60.6 / 63.2)
-        10 epochs, lr 3e-4                         95.2 / 97.6   (61.4 / 65.6)
-         3 epochs, lr 1e-3 (default)               97.0 / 97.7   (60.5 / 63.3)
-    Rule fixed before the runs: adopt a setting whose BRG is higher on both orders and whose Last is not lower by
-    more than 1 point on either; of several, the highest mean BRG. (A 64-sample `--val` split had been used before;
-    per-run BRG noise of about +-5 made its choices unreliable, see README.)
-  - Replay size limits realignment here more than its schedule does: 10% of a 320-sample task is 32 samples per
-    modality, and realigning on them overfits: after step 1, where the merge changes nothing, image scores 70.8
-    after 10 epochs on its 32 replay samples and 76.5 after 10 on all 320 (mean of seeds). Same validation draw, 10
-    epochs, lr 1e-3: --replay-ratio 0.3 gives BRG 99.4 / 99.1 (Last 67.6 / 70.8), --replay-ratio 1.0 100.5 / 100.3
-    (74.3 / 76.9); on test (README) 97.4 / 97.6 and 99.4 / 98.8. The paper's 10% of real datasets is thousands of
-    samples; the default stays at the specified 10%.
+    per-modality MLP projectors of common.py and the LLM is adapted with LoRA (SPEC 5), as for every method.
+  - The merge touches the LoRA-targeted linear weights only (the only LLM weights fine-tuning changes); on CUDA it
+    is computed in float32 and rounded to the bf16 base once per step (deltas below bf16 resolution are lost, as
+    with peft's merge_and_unload).
+  - Realignment trains all seen projectors together on the union of the replay sets (each projector gets gradients
+    only from its own modality) with a fresh AdamW, --realign-lr 1e-3 for --realign-epochs 3: the paper gives no
+    schedule for this setting, so it was chosen on a validation draw, never the test split (docs/mera.md).
+  - The replay set stays at the specified 10%, although here that is only 32 samples per modality and realigning
+    on them overfits (more replay raises BRG and Last; docs/mera.md); the paper's 10% of real data is thousands.
   - micl (tasks, not modalities): steps are tasks, the running average is over steps, and a modality's replay set
     is the union of 10% of each of its seen tasks.
 

@@ -1,56 +1,42 @@
 """MoInCL: Pseudo Target Generation + Instruction-based Knowledge Distillation for modality-inconsistent CL.
 
 Pian, Deng, Mo, Liu, Guo, Tian, "Modality-Inconsistent Continual Learning of Multimodal Large Language Models",
-TMLR 2026 (arXiv:2412.13050); official code: github.com/weiguoPian/MICL_TMLR (train.py).
+TMLR 2026, https://arxiv.org/abs/2412.13050; official code github.com/weiguoPian/MICL_TMLR (train.py).
+How the defaults were checked, and results: docs/moincl.md.
 
 One LoRA on the frozen LLM plus the per-modality projectors is trained over the task sequence (as finetune). At
 task t > 0 the model after task t-1, frozen, is the teacher f_{t-1}; the student f_t is trained with two extra terms.
-
   PTGM (Pseudo Target Generation Module), against forgetting caused by a task-type shift (captioning <-> QA):
     for every task type y' learned in tasks 1..t-1 that differs from the current task type y_t, the teacher labels
     the CURRENT inputs x (current media) under type y''s instruction q once, at the start of task t:
         captioning: q = "describe the {modality}."          QA: q ~ question bank of the earlier QA tasks
         y_hat = f_{t-1}.generate(x, q)                        (greedy; the teacher is fixed during task t)
     every batch B gets P = --pseudo-per-batch pseudo samples (x, q, y_hat), made from the media of B's first P
-    samples, and the pseudo samples are also distilled from the teacher on their target tokens:
+    samples, and distilled from the teacher on their target tokens:
         L_KD = T^2 KL( softmax(z_{t-1} / T) || softmax(z_t / T) )          over the pseudo samples' target tokens
   IKD (Instruction-based Knowledge Distillation), against forgetting of what the LLM can do without media:
-    every step, --ikd-per-batch text-only instructions u from the text-only set (never a CL task) are run through
-    teacher and student:
+    every step, --ikd-per-batch text-only instructions u (never a CL task) are run through teacher and student:
         L_IKD = T^2 KL( softmax(z_{t-1}(u) / T) || softmax(z_t(u) / T) )   over every (non-padding) position of u
-  Total (T = 5):
-        L = L_CE(B U pseudo) + lambda L_KD + L_IKD
+  Total (T = 5):    L = L_CE(B U pseudo) + lambda L_KD + L_IKD
 
 Deviations from the paper / official code (and why):
-  - "Task type" is captioning vs QA, as in the official code (`'cap' in learned_task_type`), not crossed with the
-    modality: at a QA task any earlier captioning task triggers pseudo captions of the current media, even when no
-    caption of this modality was learned. A step that mixes both types (mcl) has no other type, so no PTGM.
-  - Pseudo QA: the official code loads pre-generated question/answer pairs per clip (pseudo_targets/*.json; their
-    wording, e.g. "what type of media is described in the context?", suggests a text LLM wrote them from the
-    ground-truth captions).
-    Here, as SPEC 5 says, the questions come from the question bank of the earlier QA tasks (their training
-    instructions; those of the same modality when there are any, else all) and the teacher answers them.
-  - Pseudo-target decoding is greedy (official: 5-beam search with repetition penalty), like all our evaluation.
-  - L_KD is on the pseudo samples' target tokens only (SPEC 5). The official code takes KL over every position of
-    the pseudo sequences (prompt, modality tokens and padding included, averaged over B x L rows).
-  - L_IKD: the official code feeds Natural-Instructions prompts WITHOUT their outputs and distils every position
-    (padding included). Our text-only set has answers, so the answer is appended and every non-padding position
-    (instruction and answer) is distilled: the official positions plus the answer ones, which are what text-only
-    accuracy measures. Instructions are drawn without replacement within a step (official: with replacement).
-  - The official scripts set lambda (0.1 ... 1.0), the pseudo samples per batch of 8 (1 ... 4), the LoRA fusion
-    factor (0.1 ... 0.8) and even whether PTGM runs (order 1: off at task 3, video-qa, whose modality is new;
-    order 2: on at task 5, audio-cap, whose modality is also new) step by step. We use one setting for all steps
-    and orders, with the rule of the official code (type only): lambda = 1, 8 pseudo samples per batch of 16
-    (half; official 1/8 to 1/2), and the per-epoch LoRA fusion theta = (1 - a) theta_{t-1} + a theta off
-    by default (SPEC 5; --lora-fusion A turns it on; like the official default, projectors are not fused).
-    Checked on a validation split carved from the training data (`--val`: the last 64 training samples of each
-    task; micl, seed 0; validation Last on order 1 / order 2): these defaults 57.8 / 63.0; 4 pseudo samples + 4 IKD
-    instructions per step (the quarter of a batch that 8 was at the earlier batch 32) 58.6 / 52.0; finetune
-    42.0 / 34.9. So the defaults stay. (Seven more settings had been checked at the earlier defaults, but before
-    the PTGM label fix of commit 5864853, so they say nothing about this code and are not repeated here.)
-  - No validation-based early stopping / best-epoch checkpoint (official: patience 5 on the current task's val
-    split); every method here trains a fixed number of epochs and is evaluated after the last one.
-  - Projectors stay trainable for every modality, as in finetune (official option --freeze_proj, off by default).
+  - Task type = captioning vs QA, not crossed with the modality, as the official code (`'cap' in learned_task_type`)
+    does; a step that mixes both types (mcl) has no other type, so no PTGM.
+  - Pseudo QA: the official code loads pre-generated per-clip question/answer files (no generator in the repo;
+    apparently a text LLM wrote them from the captions); here (SPEC 5) the questions come from earlier QA tasks'
+    training instructions (same modality if any, else all) and the teacher answers them.
+  - Greedy pseudo-target decoding (official: 5-beam with repetition penalty), like all our evaluation.
+  - L_KD on the pseudo samples' target tokens only (SPEC 5); official: every position, prompt and padding included.
+  - L_IKD: our text-only set has answers, so the answer is appended and every non-padding position is distilled
+    (official: prompts only, padding included): the answer positions are what text-only accuracy measures.
+    Instructions are drawn without replacement within a step (official: with replacement).
+  - One setting for all steps and orders (official scripts set lambda, pseudo count, fusion factor and even PTGM
+    on/off per step), so no per-step tuning: lambda = 1, 8 pseudo samples per batch of 16 (official 1/8 to 1/2),
+    the official type-only PTGM rule; per-epoch LoRA fusion theta = (1 - a) theta_{t-1} + a theta off by default
+    (SPEC 5; --lora-fusion A; projectors never fused, as official). Validation check: docs/moincl.md.
+  - No early stopping / best-epoch checkpoint (official: patience 5 on the current task's val split): every method
+    here trains a fixed number of epochs and is evaluated after the last one (one protocol for all).
+  - Projectors stay trainable for every modality, as in finetune (official --freeze_proj, off by default).
 
 Usage:
     python moincl.py --scenario micl --order 1 --seed 0

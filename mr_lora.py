@@ -1,7 +1,8 @@
 """MR-LoRA: parameter isolation with one LoRA expert per task, and an MLLM router that picks the expert.
 
-Zhao, Zhu, Wang, Meng, Zhang. "MLLM-CL: Continual Learning for Multimodal Large Language Models." 2025
-(official code: github.com/bjzhb666/MLLM-CL).
+Zhao, Zhu, Guo, Wang, Wang, Meng, Zhang, "MLLM-CL: Continual Learning for Multimodal Large Language Models", 2025,
+https://arxiv.org/abs/2506.05453; official code github.com/bjzhb666/MLLM-CL. How the router defaults were
+chosen, and results: docs/mr_lora.md.
 
 Training, task t of the task sequence (t = 1..T):
   1. expert    a fresh LoRA expert theta_t and a fresh projector set phi_t, both from the base MLLM (not from
@@ -20,20 +21,17 @@ Only experts of seen tasks can be chosen at step t; unseen tasks are routed amon
 reported `router_accuracy` is the share of test samples of seen tasks routed to their own task's expert after
 the last task (per step in `router_accuracy_steps`); `--oracle` routes by the ground-truth task (upper bound).
 
-Deviations from the paper / official code:
+Deviations from the paper / official code (and why):
   - The official router is trained once, after all experts, on 20 samples per task (40 epochs, lr 5e-6, LoRA
-    r128, from a merged model); here (SPEC 5) it is trained after every task on the replay buffer, starting from
-    the previous router (the first from the base), with the shared LoRA rank, --router-lr and --router-epochs.
-    Their defaults (1e-3, 40) were chosen on held-out training samples (`--scenario dcl --val`): on an earlier tiny
-    base (LLM pretrained 600 steps) the experts' 3e-3 x 20 epochs left the router at 97.8 / 40.0 % (seeds 0 / 1)
-    vs 99.7 / 98.1 %; on the current base both work (99.1 / 99.1 % vs 98.4 / 99.1 % with 3e-3 x 20). With the
-    current shared defaults (64 image tokens, batch 16, lr 1e-3, 20 epochs), dcl --val seed 0: router 100 %.
+    r128, from a merged model); here (SPEC 5) it is trained after every task on the replay buffer, from the
+    previous router (the first from the base), so every step can be evaluated, with the shared LoRA rank and its
+    own --router-lr 1e-3 / --router-epochs 40 (chosen on held-out training samples, docs/mr_lora.md).
   - Official expert descriptions are hand-written sentences with a fixed letter per domain; here letters follow
     the task sequence (A = task 1) and each expert is described by its task name ("image qa"), so the prompt
     works for any task sequence and the tiny LLM's vocabulary.
   - Official routing falls back to a *random* expert on an illegal output and accepts any output that contains
     a letter; here the first word must be exactly one of the seen experts' upper-case letters, anything else
-    falls back deterministically to the most recent expert and is counted (`router_fallbacks`).
+    falls back deterministically to the most recent expert and is counted (`router_fallbacks`), so runs repeat.
   - Every expert and the router own a projector set (LLaVA LoRA training also trains its mm_projector, saved
     with each expert); all start from the same base projector initialisation.
   - Text-only instructions (LLM ability retention) are routed like any request: there is no "no expert" option.

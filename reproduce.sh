@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Regenerates every number in README's "Results": each run below (skipped when runs/<name>/results.json exists,
-# continued with --resume when it was interrupted), then the tables.
+# Regenerates every number in README's results tables and docs/results.md: each run below (skipped when
+# runs/<name>/results.json exists, continued with --resume when it was interrupted), then the tables and
+# runs/summary.png (python common.py summarize runs/).
 #   bash reproduce.sh                 # one run at a time, all cores
-#   JOBS=2 bash reproduce.sh          # two at a time with one thread each (how README's runs were made)
+#   JOBS=2 bash reproduce.sh          # two at a time with one thread each (how the published runs were made)
 #   SEEDS="0" bash reproduce.sh       # a subset of the seeds
 set -euo pipefail
 cd "$(dirname "$0")"
