@@ -47,7 +47,7 @@ Deviations from the paper / official code (and why):
     task; micl, seed 0; validation Last on order 1 / order 2): these defaults 57.8 / 63.0; 4 pseudo samples + 4 IKD
     instructions per step (the quarter of a batch that 8 was at the earlier batch 32) 58.6 / 52.0; finetune
     42.0 / 34.9. So the defaults stay. (Seven more settings had been checked at the earlier defaults, but before
-    the PTGM label fix of commit 5864853, so they say nothing about this code and are not repeated here.)
+    a fix of the PTGM labels, so they say nothing about this code and are not repeated here.)
   - No validation-based early stopping / best-epoch checkpoint (official: patience 5 on the current task's val
     split); every method here trains a fixed number of epochs and is evaluated after the last one.
   - Projectors stay trainable for every modality, as in finetune (official option --freeze_proj, off by default).
