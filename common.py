@@ -422,159 +422,7 @@ def encode_samples(encoders, tasks, cache_dir=None):
 
 
 # ================================================================================================== LLM
-# One-time pretraining budget of the tiny base: 600 steps (AST; 1.5x for the LLM and the ViT) for every number in
-# README. The tests set MLLM_CL_TINY_STEPS (e.g. 30) to build a throwaway base in seconds: they check plumbing, not
-# accuracy.
-PRETRAIN_STEPS, PRETRAIN_BATCH = int(os.environ.get("MLLM_CL_TINY_STEPS", "600")), 64
-
-
-def build_tiny(cache=CACHE):
-    """Embedded default: tiny Llama-family LLM + word-level tokenizer, tiny ViT and AST, all saved in HF format so
-    they load through exactly the same code as real models. Built once (deterministically) into cache/tiny-<key>:
-    the three parts are pretrained in parallel processes (~3 min on 2 CPU cores), so LoRA adapts an LLM that
-    already knows the language and the projectors read encoders that already know the worlds' attributes."""
-    from data.generate import text_corpus, vocabulary
-    key = hashlib.sha1(json.dumps([vocabulary(), text_corpus()[:50], PRETRAIN_STEPS, "v6.1"]).encode()).hexdigest()[:10]
-    root = os.path.join(cache, f"tiny-{key}")
-    paths = {k: os.path.join(root, k) for k in ("llm", "image", "audio")}
-    if os.path.exists(os.path.join(root, "DONE")):
-        return paths
-    import concurrent.futures
-    import multiprocessing
-    os.makedirs(root, exist_ok=True)
-    threads = max(1, (os.cpu_count() or 1) // 3)
-    with concurrent.futures.ProcessPoolExecutor(3, mp_context=multiprocessing.get_context("spawn")) as pool:
-        for f in [pool.submit(_build_part, k, paths[k], threads) for k in ("llm", "image", "audio")]:
-            f.result()                                   # re-raises a worker's error here
-    open(os.path.join(root, "DONE"), "w").close()
-    return paths
-
-
-def _build_part(part, path, threads):
-    """Pretrain and save one part of the tiny base (runs in its own process; seeded, so the build is repeatable)."""
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    if part == "llm":
-        from data.generate import text_corpus, vocabulary
-        tok = _build_tokenizer(vocabulary())
-        tok.save_pretrained(path)
-        # 1.5x the steps: at 600 the LLM had not learned to copy ("repeat : dog" -> "key"; text-only accuracy 56.5
-        # vs 93.5 at 900, measured on the text test split)
-        _pretrain_tiny_llm(tok, text_corpus(), steps=PRETRAIN_STEPS * 3 // 2).save_pretrained(path)
-    elif part == "image":
-        from transformers import ViTConfig, ViTImageProcessor, ViTModel
-        vit = ViTModel(ViTConfig(image_size=40, patch_size=5, hidden_size=96, num_hidden_layers=2, num_attention_heads=4,
-                                 intermediate_size=192), add_pooling_layer=False)
-        proc = ViTImageProcessor(size={"height": 40, "width": 40})
-        # 1.5x the steps: the image corpus holds two worlds (shapes + dcl domain scenes)
-        _pretrain_encoder(vit, lambda x: proc(x, return_tensors="pt")["pixel_values"], *_encoder_corpus("image"),
-                          steps=PRETRAIN_STEPS * 3 // 2)
-        vit.save_pretrained(path)
-        proc.save_pretrained(path)
-    else:
-        from transformers import ASTConfig, ASTFeatureExtractor, ASTModel
-        ast = ASTModel(ASTConfig(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256,
-                                 patch_size=8, frequency_stride=8, time_stride=8, max_length=64, num_mel_bins=32))
-        fe = ASTFeatureExtractor(num_mel_bins=32, max_length=64, sampling_rate=16000)
-        _pretrain_encoder(ast, lambda x: fe(x, sampling_rate=16000, return_tensors="pt")["input_values"],
-                          *_encoder_corpus("audio"))
-        ast.save_pretrained(path)
-        fe.save_pretrained(path)
-
-
-def _encoder_corpus(modality, n=None):
-    """Media with attribute labels for encoder pre-training, drawn with a seed no benchmark uses (like CLIP/AST,
-    the encoders know the world's attributes, never the benchmark's samples): 2400 items per world (a throwaway
-    test base gets 8 per pretraining step). Images also get a coarse (x, y) grid cell of a single shape, so the
-    patch tokens keep the positions that video direction questions need, and a third of the images are dcl domain
-    scenes labelled with domain / object / count / place (a real ViT knows aerial, medical, road, diagram and chart
-    images apart). Label -1 = not applicable to the item (ignored by that head)."""
-    from data import generate as G
-    n = n or min(2400, 8 * PRETRAIN_STEPS)
-    rng = np.random.default_rng(987654)
-    objects = [o for d in G.DOMAIN_ORDER for o in G.DOMAIN_OBJECTS[d]]
-    media, labels = [], []
-    for _ in range(n * 3 // 2 if modality == "image" else n):
-        if modality == "image" and rng.random() < 1 / 3:      # a dcl domain scene
-            d = G.DOMAIN_ORDER[int(rng.integers(len(G.DOMAIN_ORDER)))]
-            a = dict(G.sample_domain_attrs(d, rng), domain=d)
-            media.append(np.asarray(G.DOMAIN_RENDER[d](a, rng)))
-            di = G.DOMAIN_ORDER.index(d)
-            labels.append([-1, -1, -1, -1, a["count"], -1, -1, di, objects.index(a["object"]),
-                           2 * di + G.DOMAIN_PLACES[d].index(a["place"])])
-        elif modality == "image":
-            a = G.sample_image_attrs(rng)
-            if rng.random() < 0.5:   # one shape anywhere: label its grid cell
-                x, y = int(rng.integers(6, G.IMG - 6)), int(rng.integers(6, G.IMG - 6))
-                from PIL import Image, ImageDraw
-                img = Image.new("RGB", (G.IMG, G.IMG), tuple(int(v) for v in rng.integers(0, 40, 3)))
-                G._draw_shape(ImageDraw.Draw(img), a["shape"], x, y, G.SIZES[a["size"]], G.COLOURS[a["colour"]])
-                a = dict(a, count=1, side="left" if x < G.IMG // 2 else "right")
-                cell = (x * 4 // G.IMG, y * 4 // G.IMG)
-            else:
-                img, cell = G.render_image(a, rng), (4, 4)      # 4 = "no single-shape position"
-            media.append(np.asarray(img))
-            labels.append([G.SHAPES.index(a["shape"]), list(G.COLOURS).index(a["colour"]), list(G.SIZES).index(a["size"]),
-                           G.SIDES.index(a["side"]), a["count"], *cell, len(G.DOMAIN_ORDER), -1, -1])
-        else:
-            a = G.sample_audio_attrs(rng)
-            media.append(G.render_audio(a, rng))
-            labels.append([list(G.PITCHES).index(a["pitch"]), G.PATTERNS.index(a["pattern"]),
-                           G.TIMBRES.index(a["timbre"]), a["count"]])
-    return media, torch.tensor(labels)
-
-
-def _pretrain_encoder(enc, preprocess, media, labels, steps=PRETRAIN_STEPS, bs=64):
-    """Multi-head attribute classification on mean-pooled encoder tokens; only the encoder is kept."""
-    x = torch.cat([preprocess(media[i:i + 256]) for i in range(0, len(media), 256)])
-    n_cls = (labels.max(0).values + 1).tolist()
-    heads = nn.ModuleList(nn.Linear(enc.config.hidden_size, k) for k in n_cls)
-    opt = torch.optim.AdamW(list(enc.parameters()) + list(heads.parameters()), lr=2e-3)
-    g = torch.Generator().manual_seed(0)
-    for _ in tqdm(range(steps), desc=f"pretrain tiny {type(enc).__name__} (once)", leave=False):
-        idx = torch.randint(0, len(x), (bs,), generator=g)
-        h = enc(x[idx]).last_hidden_state.mean(1)
-        y = labels[idx]
-        loss = sum(F.cross_entropy(head(h), y[:, k], ignore_index=-1) for k, head in enumerate(heads)
-                   if (y[:, k] >= 0).any())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    enc.eval()
-
-
-def _build_tokenizer(vocab):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-    specials = ["<pad>", "<unk>", "<s>", "</s>", "<media>"]
-    tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(specials + vocab)}, unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    tk.decoder = decoders.WordPiece(prefix="##")   # joins words with spaces
-    return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", unk_token="<unk>", bos_token="<s>",
-                                   eos_token="</s>")
-
-
-def _pretrain_tiny_llm(tok, corpus, steps=PRETRAIN_STEPS):
-    from transformers import LlamaConfig, LlamaForCausalLM
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=128, intermediate_size=384, num_hidden_layers=3,
-                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                      tie_word_embeddings=True)
-    llm = LlamaForCausalLM(cfg)
-    samples = [Sample(str(i), "text", q, a) for i, (_, q, a) in enumerate(corpus)]
-    opt = torch.optim.AdamW(llm.parameters(), lr=4e-3, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=4e-3, total_steps=steps, pct_start=0.05)
-    rng = np.random.default_rng(0)
-    shell = MLLM(llm, tok, {})
-    for _ in tqdm(range(steps), desc="pretrain tiny LLM (once)"):
-        b = shell.collate([samples[i] for i in rng.integers(0, len(samples), PRETRAIN_BATCH)])
-        loss = ce_loss(shell(b), b.labels)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-    return llm.eval()
+# The embedded default (tiny LLM + tokenizer, tiny ViT and AST) is built in data/tiny.py and ships in data/tiny_base/.
 
 
 def load_llm(path, device):
@@ -794,6 +642,7 @@ def build_model(args):
     """Tasks (with frozen-encoder features attached), text-only set, and the MLLM on args.device."""
     seed_everything(args.seed)            # projector (and later LoRA) initialisation depends on --seed only
     tasks, text = load_tasks(args)
+    from data.tiny import build_tiny      # lazy: data/tiny.py imports common
     tiny = build_tiny() if "tiny" in (args.llm, args.image_encoder, args.audio_encoder) else {}
     pick = lambda v, k: tiny[k] if v == "tiny" else v
     enc = Encoders(pick(args.image_encoder, "image"), pick(args.audio_encoder, "audio"), args.device)
@@ -804,7 +653,7 @@ def build_model(args):
     seed_everything(args.seed)
     model = MLLM(llm, tok, enc.dims, chat=args.chat_template).to(args.device)
     # the embedded default is named by its build (tiny-<key>), so --resume refuses a run made on another tiny base
-    name = lambda v, k: os.path.basename(os.path.dirname(tiny[k])) if v == "tiny" else v
+    name = lambda v, k: tiny["name"] if v == "tiny" else v
     args.fingerprint = {"llm": name(args.llm, "llm"), "image_encoder": name(args.image_encoder, "image"),
                         "audio_encoder": name(args.audio_encoder, "audio"),
                         "llm_hidden": llm.config.get_text_config().hidden_size, "vocab": len(tok), "enc_dims": enc.dims,

@@ -16,7 +16,8 @@ python - $SEEDS <<'EOF'
 import sys
 import common
 from data.generate import TASKS, build
-common.build_tiny()
+from data.tiny import build_tiny
+build_tiny()                                                           # the shipped base, or built into cache/
 for s in map(int, sys.argv[1:]):
     build(common.synthetic_root(s), sorted(TASKS), s)                  # where data_root() looks
 EOF

@@ -53,7 +53,8 @@ def tiny_mllm(words, enc_dims):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from common import MLLM, _build_tokenizer
+    from common import MLLM
+    from data.tiny import _build_tokenizer
     tok = _build_tokenizer(words)
     torch.manual_seed(0)
     llm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,

@@ -143,8 +143,8 @@ def test_val_split_holds_out_training_samples(tmp_path):
 
 def test_image_encoder_corpus_has_both_worlds_with_ignored_labels():
     """The tiny ViT's pretraining corpus: shapes images and dcl domain scenes; labels that do not apply are -1."""
-    import common as C
-    media, labels = C._encoder_corpus("image", n=60)
+    from data.tiny import _encoder_corpus
+    media, labels = _encoder_corpus("image", n=60)
     assert len(media) == len(labels) == 90 and labels.shape[1] == 10
     scene = labels[:, 7] < len(G.DOMAIN_ORDER)                   # column 7: domain id (len(DOMAIN_ORDER) = shapes)
     assert scene.any() and (~scene).any()

@@ -10,13 +10,14 @@ import torch
 
 import common as C
 import mera
+from data.tiny import _build_tokenizer
 from conftest import kill_and_resume, run_script, same_results
 
 
 
 @functools.lru_cache(maxsize=1)
 def _tokenizer():
-    return C._build_tokenizer(["what", "colour", "are", "the", "shapes", "red", "answer", "image", "audio", "video",
+    return _build_tokenizer(["what", "colour", "are", "the", "shapes", "red", "answer", "image", "audio", "video",
                                "?", ":", "."])
 
 

@@ -5,6 +5,7 @@ import torch
 
 import common as C
 from data import generate as G
+from data.tiny import _build_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -14,7 +15,7 @@ def hf_dir(tmp_path_factory):
                               WhisperConfig, WhisperFeatureExtractor, WhisperModel)
     d = tmp_path_factory.mktemp("hf")
     torch.manual_seed(0)
-    tok = C._build_tokenizer(G.vocabulary())
+    tok = _build_tokenizer(G.vocabulary())
     tok.save_pretrained(d / "llm")
     Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                  num_attention_heads=4, num_key_value_heads=2, eos_token_id=tok.eos_token_id,

@@ -7,14 +7,14 @@ and AST (AudioSet config), all stored in bf16. Random weights: use them for thro
 """
 import os, sys, time, torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import common
 from data import generate as G
+from data.tiny import _build_tokenizer
 from transformers import (ASTConfig, ASTFeatureExtractor, ASTModel, CLIPConfig, CLIPImageProcessor, CLIPModel,
                           Qwen2Config, Qwen2ForCausalLM)
 root, names = sys.argv[1], sys.argv[2:]
 small = os.environ.get("SMALL") == "1"
 dev = "cuda" if torch.cuda.is_available() else "cpu"
-tok = common._build_tokenizer(G.vocabulary())
+tok = _build_tokenizer(G.vocabulary())
 LLMS = {"qwen2.5-0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
                              num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
         "qwen2.5-1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,

@@ -1,0 +1,331 @@
+"""The embedded default's tiny base: a tiny Llama-family LLM with a word-level tokenizer and tiny ViT / AST encoders,
+pretrained on the synthetic worlds and saved in Hugging Face format, so they load through exactly the same code as
+real models. LoRA then adapts an LLM that already knows the language, and the projectors read encoders that
+already know the worlds' attributes.
+
+The base every reported number uses ships in the repository, in data/tiny_base/{llm,image,audio}/ with its KEY:
+build_tiny() returns it when KEY equals build_key() for the current settings. Otherwise (the tests'
+MLLM_CL_TINY_STEPS=30, a changed vocabulary or corpus) it builds a base into cache/tiny-<key>/ once (~3 min on 2 CPU
+cores: the three parts are pretrained in parallel processes, seeded, so the build is repeatable).
+
+    python -m data.tiny --rebuild        # rebuild data/tiny_base/ (after changing anything the key covers)
+    python -m data.tiny --key            # print the key of the current settings and whether data/tiny_base has it
+
+The key covers what determines the build: BUILD_REVISION, the steps and batch, the whole text corpus, the
+vocabulary, the encoders' corpus seed and size, the architectures' configs and the optimisers' settings. Bump
+BUILD_REVISION for a change it cannot see (the training code, how data/generate.py renders the worlds), then
+rebuild; tests/test_tiny.py fails while data/tiny_base/KEY is not the key of the 600-step default.
+"""
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+if __package__ in (None, ""):                     # `python data/tiny.py`: make the repository root importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import CACHE, MLLM, Sample, ce_loss   # noqa: E402
+
+SHIPPED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tiny_base")
+PARTS = ("llm", "image", "audio")
+BUILD_REVISION = 1     # bump when the build changes in a way the key does not see (then: python -m data.tiny --rebuild)
+
+# One-time pretraining budget of the tiny base: 600 steps (AST; 1.5x for the LLM and the ViT) for every number in
+# README. The tests set MLLM_CL_TINY_STEPS (e.g. 30) to build a throwaway base in seconds: they check plumbing, not
+# accuracy.
+DEFAULT_STEPS = 600
+PRETRAIN_STEPS, PRETRAIN_BATCH = int(os.environ.get("MLLM_CL_TINY_STEPS", str(DEFAULT_STEPS))), 64
+ENCODER_CORPUS_SEED = 987654
+
+LLM_CONFIG = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=3, num_attention_heads=4,
+                  num_key_value_heads=4, max_position_embeddings=256, tie_word_embeddings=True)
+LLM_OPTIM = dict(lr=4e-3, weight_decay=0.01, pct_start=0.05)          # AdamW + one-cycle schedule
+VIT_CONFIG = dict(image_size=40, patch_size=5, hidden_size=96, num_hidden_layers=2, num_attention_heads=4,
+                  intermediate_size=192)
+VIT_PROCESSOR = dict(size={"height": 40, "width": 40})
+AST_CONFIG = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256, patch_size=8,
+                  frequency_stride=8, time_stride=8, max_length=64, num_mel_bins=32)
+AST_FEATURES = dict(num_mel_bins=32, max_length=64, sampling_rate=16000)
+ENCODER_LR = 2e-3
+
+
+def part_steps(steps=None):
+    """Pretraining steps of each part: 1.5x for the LLM (at 600 it had not learned to copy, "repeat : dog" ->
+    "key"; text-only accuracy 56.5 vs 93.5 at 900, measured on the text test split) and for the ViT (its corpus
+    holds two worlds: shapes + dcl domain scenes)."""
+    steps = PRETRAIN_STEPS if steps is None else steps
+    return {"llm": steps * 3 // 2, "image": steps * 3 // 2, "audio": steps}
+
+
+def encoder_corpus_size(steps=None):
+    """Items per world of the encoders' corpus: 2400 (a throwaway test base gets 8 per pretraining step)."""
+    return min(2400, 8 * (PRETRAIN_STEPS if steps is None else steps))
+
+
+def recipe(steps=None):
+    """Everything the key covers (see the module docstring)."""
+    from data.generate import text_corpus, vocabulary
+    steps = PRETRAIN_STEPS if steps is None else steps
+    return {"revision": BUILD_REVISION, "steps": part_steps(steps), "batch": PRETRAIN_BATCH,
+            "text_corpus": text_corpus(), "vocabulary": vocabulary(),
+            "encoder_corpus": {"seed": ENCODER_CORPUS_SEED, "size": encoder_corpus_size(steps)},
+            "llm": LLM_CONFIG, "llm_optim": LLM_OPTIM, "vit": VIT_CONFIG, "vit_processor": VIT_PROCESSOR,
+            "ast": AST_CONFIG, "ast_features": AST_FEATURES, "encoder_lr": ENCODER_LR}
+
+
+def build_key(steps=None):
+    """10 hex digits naming the base that `steps` (default: PRETRAIN_STEPS) and the current code would build."""
+    return hashlib.sha1(json.dumps(recipe(steps), sort_keys=True).encode()).hexdigest()[:10]
+
+
+def shipped_key(root=SHIPPED):
+    """The KEY of a built base folder (None when it has none, or misses a part)."""
+    try:
+        with open(os.path.join(root, "KEY")) as f:
+            key = f.read().strip()
+    except OSError:
+        return None
+    return key if all(os.path.exists(os.path.join(root, p, "config.json")) for p in PARTS) else None
+
+
+def build_tiny(cache=CACHE):
+    """Paths of the tiny base's parts ({"llm", "image", "audio"}) plus its name ("name": tiny-<key>, which the run
+    fingerprint records): the shipped data/tiny_base when its KEY is the current key, else cache/tiny-<key>, built
+    there on first use."""
+    key = build_key()
+    root = SHIPPED if shipped_key() == key else os.path.join(cache, f"tiny-{key}")
+    if root != SHIPPED and not os.path.exists(os.path.join(root, "DONE")):
+        _build(root, PRETRAIN_STEPS)
+        open(os.path.join(root, "DONE"), "w").close()
+    return dict({k: os.path.join(root, k) for k in PARTS}, name=f"tiny-{key}")
+
+
+def _build(root, steps):
+    """Pretrain the three parts for the budget `steps` (the key's) in parallel processes into root/{llm,image,audio};
+    one progress bar in this process (the workers report their steps through a queue), one line per finished part."""
+    import concurrent.futures
+    import multiprocessing
+    ctx = multiprocessing.get_context("spawn")
+    os.makedirs(root, exist_ok=True)
+    threads = max(1, (os.cpu_count() or 1) // 3)
+    total, done, t0 = part_steps(steps), dict.fromkeys(PARTS, 0), time.time()
+    queue = ctx.Queue()
+    bar = tqdm(total=sum(total.values()), desc="build tiny base (once)", unit="step", dynamic_ncols=True)
+
+    def drain():
+        while not queue.empty():
+            part, step = queue.get()
+            bar.update(step - done[part])
+            done[part] = step
+        bar.set_postfix_str(" ".join(f"{p} {100 * done[p] // total[p]}%" for p in PARTS), refresh=False)
+
+    with concurrent.futures.ProcessPoolExecutor(3, mp_context=ctx, initializer=_init_worker, initargs=(queue,)) as pool:
+        futures = {pool.submit(_build_part, k, os.path.join(root, k), threads, total[k], encoder_corpus_size(steps)): k
+                   for k in PARTS}
+        pending = set(futures)
+        while pending:
+            finished, pending = concurrent.futures.wait(pending, timeout=0.5)
+            drain()
+            for f in finished:
+                f.result()                                   # re-raises a worker's error here
+                bar.write(f"tiny base: {futures[f]} pretrained ({total[futures[f]]} steps) in {time.time() - t0:.0f} s")
+    drain()
+    bar.close()
+
+
+_QUEUE = None
+
+
+def _init_worker(queue):
+    global _QUEUE
+    _QUEUE = queue
+
+
+def _progress(part, steps):
+    """Per-step callback of a part's pretraining loop: reports every 1 % (and the last step) to the parent."""
+    every = max(1, steps // 100)
+
+    def report(step):
+        if _QUEUE is not None and (step % every == 0 or step == steps):
+            _QUEUE.put((part, step))
+    return report
+
+
+def _build_part(part, path, threads, steps, corpus_size):
+    """Pretrain one part for `steps` and save it (runs in its own process; seeded, so the build is repeatable).
+    `corpus_size`: items per world of the encoders' corpus."""
+    _quiet_worker()
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    if part == "llm":
+        from data.generate import text_corpus, vocabulary
+        tok = _build_tokenizer(vocabulary())
+        tok.save_pretrained(path)
+        _pretrain_tiny_llm(tok, text_corpus(), steps=steps, progress=_progress(part, steps)).save_pretrained(path)
+    elif part == "image":
+        from transformers import ViTConfig, ViTImageProcessor, ViTModel
+        vit = ViTModel(ViTConfig(**VIT_CONFIG), add_pooling_layer=False)
+        proc = ViTImageProcessor(**VIT_PROCESSOR)
+        _pretrain_encoder(vit, lambda x: proc(x, return_tensors="pt")["pixel_values"],
+                          *_encoder_corpus("image", corpus_size), steps=steps, progress=_progress(part, steps))
+        vit.save_pretrained(path)
+        proc.save_pretrained(path)
+    else:
+        from transformers import ASTConfig, ASTFeatureExtractor, ASTModel
+        ast = ASTModel(ASTConfig(**AST_CONFIG))
+        fe = ASTFeatureExtractor(**AST_FEATURES)
+        sr = AST_FEATURES["sampling_rate"]
+        _pretrain_encoder(ast, lambda x: fe(x, sampling_rate=sr, return_tensors="pt")["input_values"],
+                          *_encoder_corpus("audio", corpus_size), steps=steps, progress=_progress(part, steps))
+        ast.save_pretrained(path)
+        fe.save_pretrained(path)
+
+
+def _quiet_worker():
+    """A build worker prints nothing but its progress (through the queue; issue #20): no "Writing model shards" bars
+    from save_pretrained, and not the warning that transformers without torchvision gives once when it resolves
+    `ViTImageProcessor` to its PIL twin `ViTImageProcessorPil` (what the shipped base was built with)."""
+    import logging
+
+    from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar()
+    logging.getLogger("transformers.utils.import_utils").addFilter(
+        lambda record: "requires torchvision (not installed)" not in record.getMessage())
+
+
+def _encoder_corpus(modality, n=None):
+    """Media with attribute labels for encoder pre-training, drawn with a seed no benchmark uses (like CLIP/AST,
+    the encoders know the world's attributes, never the benchmark's samples): encoder_corpus_size() items per world
+    (1.5x for images). Images also get a coarse (x, y) grid cell of a single shape, so the patch tokens keep the
+    positions that video direction questions need, and a third of the images are dcl domain scenes labelled with
+    domain / object / count / place (a real ViT knows aerial, medical, road, diagram and chart images apart).
+    Label -1 = not applicable to the item (ignored by that head)."""
+    from data import generate as G
+    n = n or encoder_corpus_size()
+    rng = np.random.default_rng(ENCODER_CORPUS_SEED)
+    objects = [o for d in G.DOMAIN_ORDER for o in G.DOMAIN_OBJECTS[d]]
+    media, labels = [], []
+    for _ in range(n * 3 // 2 if modality == "image" else n):
+        if modality == "image" and rng.random() < 1 / 3:      # a dcl domain scene
+            d = G.DOMAIN_ORDER[int(rng.integers(len(G.DOMAIN_ORDER)))]
+            a = dict(G.sample_domain_attrs(d, rng), domain=d)
+            media.append(np.asarray(G.DOMAIN_RENDER[d](a, rng)))
+            di = G.DOMAIN_ORDER.index(d)
+            labels.append([-1, -1, -1, -1, a["count"], -1, -1, di, objects.index(a["object"]),
+                           2 * di + G.DOMAIN_PLACES[d].index(a["place"])])
+        elif modality == "image":
+            a = G.sample_image_attrs(rng)
+            if rng.random() < 0.5:   # one shape anywhere: label its grid cell
+                x, y = int(rng.integers(6, G.IMG - 6)), int(rng.integers(6, G.IMG - 6))
+                from PIL import Image, ImageDraw
+                img = Image.new("RGB", (G.IMG, G.IMG), tuple(int(v) for v in rng.integers(0, 40, 3)))
+                G._draw_shape(ImageDraw.Draw(img), a["shape"], x, y, G.SIZES[a["size"]], G.COLOURS[a["colour"]])
+                a = dict(a, count=1, side="left" if x < G.IMG // 2 else "right")
+                cell = (x * 4 // G.IMG, y * 4 // G.IMG)
+            else:
+                img, cell = G.render_image(a, rng), (4, 4)      # 4 = "no single-shape position"
+            media.append(np.asarray(img))
+            labels.append([G.SHAPES.index(a["shape"]), list(G.COLOURS).index(a["colour"]), list(G.SIZES).index(a["size"]),
+                           G.SIDES.index(a["side"]), a["count"], *cell, len(G.DOMAIN_ORDER), -1, -1])
+        else:
+            a = G.sample_audio_attrs(rng)
+            media.append(G.render_audio(a, rng))
+            labels.append([list(G.PITCHES).index(a["pitch"]), G.PATTERNS.index(a["pattern"]),
+                           G.TIMBRES.index(a["timbre"]), a["count"]])
+    return media, torch.tensor(labels)
+
+
+def _pretrain_encoder(enc, preprocess, media, labels, steps=PRETRAIN_STEPS, bs=PRETRAIN_BATCH, progress=None):
+    """Multi-head attribute classification on mean-pooled encoder tokens; only the encoder is kept."""
+    x = torch.cat([preprocess(media[i:i + 256]) for i in range(0, len(media), 256)])
+    n_cls = (labels.max(0).values + 1).tolist()
+    heads = nn.ModuleList(nn.Linear(enc.config.hidden_size, k) for k in n_cls)
+    opt = torch.optim.AdamW(list(enc.parameters()) + list(heads.parameters()), lr=ENCODER_LR)
+    g = torch.Generator().manual_seed(0)
+    for step in range(1, steps + 1):
+        idx = torch.randint(0, len(x), (bs,), generator=g)
+        h = enc(x[idx]).last_hidden_state.mean(1)
+        y = labels[idx]
+        loss = sum(F.cross_entropy(head(h), y[:, k], ignore_index=-1) for k, head in enumerate(heads)
+                   if (y[:, k] >= 0).any())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if progress:
+            progress(step)
+    enc.eval()
+
+
+def _build_tokenizer(vocab):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    specials = ["<pad>", "<unk>", "<s>", "</s>", "<media>"]
+    tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(specials + vocab)}, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    tk.decoder = decoders.WordPiece(prefix="##")   # joins words with spaces
+    return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", unk_token="<unk>", bos_token="<s>",
+                                   eos_token="</s>")
+
+
+def _pretrain_tiny_llm(tok, corpus, steps=PRETRAIN_STEPS, progress=None):
+    from transformers import LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), **LLM_CONFIG, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                      pad_token_id=tok.pad_token_id)
+    llm = LlamaForCausalLM(cfg)
+    samples = [Sample(str(i), "text", q, a) for i, (_, q, a) in enumerate(corpus)]
+    opt = torch.optim.AdamW(llm.parameters(), lr=LLM_OPTIM["lr"], weight_decay=LLM_OPTIM["weight_decay"])
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=LLM_OPTIM["lr"], total_steps=steps,
+                                                pct_start=LLM_OPTIM["pct_start"])
+    rng = np.random.default_rng(0)
+    shell = MLLM(llm, tok, {})
+    for step in range(1, steps + 1):
+        b = shell.collate([samples[i] for i in rng.integers(0, len(samples), PRETRAIN_BATCH)])
+        loss = ce_loss(shell(b), b.labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if progress:
+            progress(step)
+    return llm.eval()
+
+
+def rebuild(out=SHIPPED):
+    """Build the default base from scratch into `out` (default data/tiny_base, the shipped base) and write its KEY."""
+    if PRETRAIN_STEPS != DEFAULT_STEPS:
+        raise SystemExit(f"error: MLLM_CL_TINY_STEPS={PRETRAIN_STEPS}: the shipped base is the {DEFAULT_STEPS}-step "
+                         f"default; unset MLLM_CL_TINY_STEPS to rebuild it")
+    key, tmp = build_key(), out.rstrip("/") + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    t0 = time.time()
+    _build(tmp, DEFAULT_STEPS)
+    with open(os.path.join(tmp, "KEY"), "w") as f:
+        f.write(key + "\n")
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    print(f"tiny base tiny-{key} written to {out} in {time.time() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description="The embedded default's tiny base (see data/tiny.py's docstring).")
+    p.add_argument("--rebuild", action="store_true", help="rebuild the shipped base (600 steps) into --out")
+    p.add_argument("--out", default=SHIPPED, help="where --rebuild writes the base")
+    p.add_argument("--key", action="store_true", help="print the key of the current settings")
+    a = p.parse_args()
+    from data import tiny            # the workers must unpickle data.tiny's functions, not __main__'s
+    if a.rebuild:
+        tiny.rebuild(a.out)
+    elif a.key:
+        key = tiny.build_key()
+        print(f"tiny-{key}: {'data/tiny_base has it' if tiny.shipped_key() == key else 'not shipped, built into cache/'}")
+    else:
+        p.print_help()

@@ -1,0 +1,62 @@
+"""The shipped tiny base (data/tiny_base) is the one the builder would build for the 600-step default: same key,
+loadable, the builder's vocabulary and architectures; build_tiny() uses it only for that key, and tests (which
+build their own 30-step base) cannot write into it."""
+import os
+
+import pytest
+
+from data import tiny
+from data.generate import vocabulary
+
+STALE = "data/tiny_base is not what the builder would build now: rebuild it with `python -m data.tiny --rebuild`"
+
+
+def shipped(part):
+    return os.path.join(tiny.SHIPPED, part)
+
+
+def test_shipped_key_is_the_builders_key_for_the_default():
+    """Fails whenever the vocabulary, the text corpus, the steps / batch, the encoders' corpus, an architecture or
+    BUILD_REVISION changed without a rebuild (independent of MLLM_CL_TINY_STEPS)."""
+    with open(shipped("KEY")) as f:
+        assert f.read().strip() == tiny.build_key(steps=tiny.DEFAULT_STEPS), STALE
+
+
+def test_shipped_parts_load_with_the_builders_vocabulary_and_configs():
+    from transformers import AutoFeatureExtractor, AutoImageProcessor, AutoModel
+
+    import common
+    llm, tok = common.load_llm(shipped("llm"), "cpu")
+    assert tok.get_vocab() == tiny._build_tokenizer(vocabulary()).get_vocab(), STALE
+    assert llm.config.vocab_size == len(tok)
+    image, audio = AutoModel.from_pretrained(shipped("image")), AutoModel.from_pretrained(shipped("audio"))
+    for model, cfg in ((llm, tiny.LLM_CONFIG), (image, tiny.VIT_CONFIG), (audio, tiny.AST_CONFIG)):
+        assert {k: getattr(model.config, k) for k in cfg} == cfg, STALE
+    assert AutoImageProcessor.from_pretrained(shipped("image")).size == tiny.VIT_PROCESSOR["size"]
+    fe = AutoFeatureExtractor.from_pretrained(shipped("audio"))
+    assert {k: getattr(fe, k) for k in tiny.AST_FEATURES} == tiny.AST_FEATURES
+
+
+def test_build_tiny_uses_the_shipped_base_only_for_its_key(tmp_path, monkeypatch):
+    built = []
+    monkeypatch.setattr(tiny, "_build", lambda root, steps: (built.append((root, steps)), os.makedirs(root)))
+    key = tiny.build_key(steps=tiny.DEFAULT_STEPS)
+    monkeypatch.setattr(tiny, "PRETRAIN_STEPS", tiny.DEFAULT_STEPS)
+    paths = tiny.build_tiny(cache=str(tmp_path))
+    assert paths == {"llm": shipped("llm"), "image": shipped("image"), "audio": shipped("audio"), "name": f"tiny-{key}"}
+    assert not built and not os.listdir(tmp_path), "the shipped base needs no build"
+    monkeypatch.setattr(tiny, "PRETRAIN_STEPS", 30)
+    paths = tiny.build_tiny(cache=str(tmp_path))
+    other = tiny.build_key(steps=30)
+    assert other != key and built == [(str(tmp_path / f"tiny-{other}"), 30)]
+    assert paths["llm"] == str(tmp_path / f"tiny-{other}" / "llm") and paths["name"] == f"tiny-{other}"
+    tiny.build_tiny(cache=str(tmp_path))
+    assert len(built) == 1, "a finished cache/ build is reused"
+
+
+def test_rebuild_refuses_a_test_budget(tmp_path):
+    """Only the 600-step default may be written as the shipped base (the tests run with MLLM_CL_TINY_STEPS=30)."""
+    assert tiny.PRETRAIN_STEPS != tiny.DEFAULT_STEPS
+    with pytest.raises(SystemExit, match="MLLM_CL_TINY_STEPS"):
+        tiny.rebuild(str(tmp_path / "base"))
+    assert not os.listdir(tmp_path)
