@@ -50,8 +50,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common import (Run, UserError, add_lora, batches, build_model, ce_loss, lora_layers, make_optimizer,
-                    parse_args, seed_everything, shared_parser, target_logits, task_seed)
+from common import (Run, UserError, add_lora, batches, build_model, ce_loss, check_finite, lora_layers,
+                    make_optimizer, parse_args, seed_everything, shared_parser, target_logits, task_seed)
 
 METHODS = ["finetune", "joint", "replay", "lwf", "ewc", "olora"]
 
@@ -75,6 +75,11 @@ def get_args(argv=None):
         raise UserError(f"--replay-ratio must be in (0, 1], got {args.replay_ratio}")
     if args.replay_batch_size is not None and args.replay_batch_size < 1:
         raise UserError(f"--replay-batch-size must be >= 1, got {args.replay_batch_size}")
+    if args.lwf_temperature <= 0:
+        raise UserError(f"--lwf-temperature must be > 0, got {args.lwf_temperature}")
+    for flag in ("lwf_weight", "ewc_lambda", "olora_lambda1", "olora_lambda2"):
+        if getattr(args, flag) < 0:
+            raise UserError(f"--{flag.replace('_', '-')} must be >= 0, got {getattr(args, flag)}")
     return args
 
 
@@ -228,6 +233,7 @@ def train_step(model, opt, samples, args, method):
     b = model.collate(samples).to(args.device)
     logits = model(b)
     loss = ce_loss(logits, b.labels) + method.extra_loss(b, logits)
+    check_finite(loss)                          # NaN / inf: stop, naming the task and step
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()

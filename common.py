@@ -8,6 +8,7 @@ metrics | results, checkpoints, resume | summarize.  Nothing here knows about an
     python common.py summarize runs/          # one markdown table over all runs (mean +/- std over seeds)
 """
 import argparse
+import contextlib
 import glob
 import hashlib
 import json
@@ -17,8 +18,10 @@ import platform
 import random
 import re
 import shutil
+import signal
 import string
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -29,6 +32,11 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 import warnings
+
+try:
+    import fcntl                      # run-folder lock (POSIX); without it runs are not guarded against each other
+except ImportError:                   # pragma: no cover
+    fcntl = None
 
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")   # transformers 5 deprecation noise in peft
 
@@ -171,13 +179,20 @@ MODALITIES = ("image", "audio", "video", "text")
 
 
 def read_manifest(path, task):
-    """Read one JSONL manifest; every problem is reported as `file:line: what was expected`."""
+    """Read one JSONL manifest; every problem is reported as `file:line: what was expected`. A UTF-8 BOM and blank
+    lines are fine; ids must be unique within a manifest (methods key samples by id)."""
     if not os.path.exists(path):
         raise UserError(f"{path}: manifest not found (expected <data-root>/<task>/{{train,test}}.jsonl)")
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: is a directory, expected a JSONL manifest file")
     base = os.path.dirname(os.path.abspath(path))
-    out = []
-    with open(path) as f:
+    out, seen = [], {}
+    with open(path, "rb") as f:                  # bytes: a line that is not UTF-8 is reported with its number
         for ln, line in enumerate(f, 1):
+            try:
+                line = line.decode("utf-8-sig" if ln == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise UserError(f"{path}:{ln}: not UTF-8 text ({e.reason} at byte {e.start})")
             if not line.strip():
                 continue
             where = f"{path}:{ln}"
@@ -192,13 +207,21 @@ def read_manifest(path, task):
                     raise UserError(f"{where}: missing or empty {key!r} (a non-empty string is expected)")
             if r["modality"] not in MODALITIES:
                 raise UserError(f"{where}: unknown modality {r['modality']!r}; expected one of {list(MODALITIES)}")
+            sid = r.get("id", f"{task}/{ln}")
+            if isinstance(sid, bool) or not isinstance(sid, (str, int)) or not str(sid).strip():
+                raise UserError(f"{where}: 'id' must be a non-empty string or an integer, got {sid!r}")
+            if str(sid) in seen:
+                raise UserError(f"{where}: duplicate id {str(sid)!r} (first on line {seen[str(sid)]}); ids must be unique")
+            seen[str(sid)] = ln
             media = r.get("media")
             if r["modality"] != "text":
-                if not isinstance(media, str):
+                if not isinstance(media, str) or not media.strip():
                     raise UserError(f"{where}: a {r['modality']} sample needs a 'media' path")
                 media = media if os.path.isabs(media) else os.path.join(base, media)
                 if not os.path.exists(media):
                     raise UserError(f"{where}: media file {media} does not exist")
+                if not os.path.isfile(media):
+                    raise UserError(f"{where}: media path {media} is a directory, not a file")
             answers = r.get("answers")
             if answers is not None and (not isinstance(answers, list) or not answers or not all(isinstance(a, str) for a in answers)):
                 raise UserError(f"{where}: 'answers' must be a non-empty list of strings")
@@ -209,9 +232,8 @@ def read_manifest(path, task):
                     raise UserError(f"{where}: {key!r} must be a non-empty list of strings")
             if lists["annotators"] is not None and answers is None:
                 raise UserError(f"{where}: 'annotators' is for QA samples, which also need 'answers'")
-            out.append(Sample(str(r.get("id", f"{task}/{ln}")), r["modality"], r["instruction"], r["target"],
-                              answers, media, task=task, references=lists["references"],
-                              annotators=lists["annotators"]))
+            out.append(Sample(str(sid), r["modality"], r["instruction"], r["target"], answers, media, task=task,
+                              references=lists["references"], annotators=lists["annotators"]))
     if not out:
         raise UserError(f"{path}: the manifest has no samples (empty task)")
     return out
@@ -286,6 +308,8 @@ def load_audio(path, sr):
         wav, file_sr = sf.read(path, dtype="float32", always_2d=True)
     except Exception as e:  # soundfile raises LibsndfileError / RuntimeError subclasses
         raise UserError(f"{path}: not a readable audio file ({type(e).__name__})")
+    if len(wav) == 0:
+        raise UserError(f"{path}: the audio file holds no samples")
     wav = wav.mean(1)                                   # stereo -> mono
     if file_sr != sr:
         wav = resample(wav, file_sr, sr)
@@ -304,6 +328,8 @@ def load_video(path, num_frames=None):
     import av
     try:
         with av.open(path) as c:
+            if not c.streams.video:
+                raise UserError(f"{path}: has no video stream (an audio-only file?)")
             frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
     except Exception as e:  # av raises its own error hierarchy
         raise UserError(f"{path}: not a readable video ({type(e).__name__})")
@@ -336,6 +362,8 @@ class Encoders:
     def __init__(self, image_path, audio_path, device):
         from transformers import AutoFeatureExtractor, AutoImageProcessor, AutoModel
         self.device = device
+        check_model_dir(image_path, "--image-encoder", "image")
+        check_model_dir(audio_path, "--audio-encoder", "audio")
         self.image_proc = _hf_load(AutoImageProcessor, image_path, "--image-encoder")
         self.image = _encoder_module(_hf_load(AutoModel, image_path, "--image-encoder"), "vision_model").to(device).eval()
         self.audio_fe = _hf_load(AutoFeatureExtractor, audio_path, "--audio-encoder")
@@ -361,7 +389,8 @@ class Encoders:
         return [pool_tokens(x[None], 1, AUDIO_TOKENS) for x in h]
 
     def _image(self, frames):
-        x = self.image_proc(frames, return_tensors="pt")["pixel_values"].to(self.device)
+        # channels_last said, not guessed: a 1x1 or 1x3 image would otherwise be read as channels-first
+        x = self.image_proc(frames, return_tensors="pt", input_data_format="channels_last")["pixel_values"].to(self.device)
         h = self.image(pixel_values=x).last_hidden_state.float().cpu()              # (N_frames, L, D)
         self._last_shape = h.shape[1:]
         return h
@@ -374,8 +403,94 @@ def _hf_load(cls, path, flag):
         raise UserError(f"{flag} {path}: path does not exist")
     try:
         return cls.from_pretrained(path)
-    except OSError as e:
-        raise UserError(f"{flag} {path}: could not load ({str(e).splitlines()[0]})")
+    except Exception as e:   # OSError, ValueError, ImportError (a tokenizer that needs sentencepiece), ...
+        raise UserError(f"{flag} {path}: could not load {cls.__name__} ({_first_line(e)})")
+
+
+def _first_line(e):
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+
+
+# what each model flag must name, decided from config.json's model_type with transformers' auto-model mappings
+MODEL_KINDS = {"llm": "a causal language model", "image": "an image (vision) encoder", "audio": "an audio encoder"}
+
+
+def _model_kind_ok(cfg, kind):
+    from transformers.models.auto import modeling_auto as M
+    t = cfg.model_type or ""
+    if kind == "llm":
+        return t in M.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    maps = ([M.MODEL_FOR_IMAGE_MAPPING_NAMES, M.MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES,
+             M.MODEL_FOR_ZERO_SHOT_IMAGE_CLASSIFICATION_MAPPING_NAMES] if kind == "image" else
+            [M.MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING_NAMES, M.MODEL_FOR_AUDIO_FRAME_CLASSIFICATION_MAPPING_NAMES,
+             M.MODEL_FOR_AUDIO_XVECTOR_MAPPING_NAMES, M.MODEL_FOR_CTC_MAPPING_NAMES, M.MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES])
+    tower = "vision" if kind == "image" else "audio"      # dual models (CLIP, CLAP) and their towers
+    return any(t in m for m in maps) or t.endswith(f"{tower}_model") or hasattr(cfg, f"{tower}_config")
+
+
+def _weights_problem(path):
+    """None if `path` holds complete weights, else what is missing (a half-downloaded checkpoint)."""
+    names = set(os.listdir(path))
+    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        if index in names:
+            try:
+                with open(os.path.join(path, index)) as f:
+                    shards = sorted(set(json.load(f)["weight_map"].values()))
+            except (OSError, ValueError, KeyError, AttributeError):
+                return f"{index} is not a readable shard index"
+            gone = [x for x in shards if not os.path.isfile(os.path.join(path, x))]
+            if gone:
+                return f"{len(gone)} of {len(shards)} weight shards are missing (e.g. {gone[0]})"
+            bad = [x for x in shards if x.endswith(".safetensors") and not _safetensors_complete(os.path.join(path, x))]
+            return f"weight shard {bad[0]} is truncated" if bad else None
+    if "model.safetensors" in names:
+        return None if _safetensors_complete(os.path.join(path, "model.safetensors")) else "model.safetensors is truncated"
+    if "pytorch_model.bin" in names:
+        return None
+    return "no weights (model.safetensors or pytorch_model.bin)"
+
+
+def _safetensors_complete(path):
+    """The header parses and the file is as long as its header says (cheap: reads the header only)."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if n < 2 or 8 + n > size:
+                return False
+            meta = json.loads(f.read(n))
+        end = max((v["data_offsets"][1] for k, v in meta.items() if k != "__metadata__"), default=0)
+        return 8 + n + end <= size
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return False
+
+
+def check_model_dir(path, flag, kind):
+    """A local model flag (--llm / --image-encoder / --audio-encoder) must name a folder that holds a model of
+    `kind` (MODEL_KINDS) with its weights: anything else is one line naming the flag, the path and what was
+    expected. Hugging Face hub ids (not local paths) are left to from_pretrained."""
+    want = MODEL_KINDS[kind]
+    if not os.path.exists(path):
+        if path.startswith((".", "/", "~")) or path.count("/") > 1:
+            raise UserError(f"{flag} {path}: path does not exist (expected a folder holding {want})")
+        return                                                   # a hub id
+    if not os.path.isdir(path):
+        raise UserError(f"{flag} {path}: is a file, expected a Hugging Face folder holding {want}")
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        what = "the folder is empty" if not os.listdir(path) else "no config.json"
+        raise UserError(f"{flag} {path}: {what}, expected a Hugging Face folder holding {want}")
+    from transformers import AutoConfig
+    try:
+        cfg = AutoConfig.from_pretrained(path)
+    except Exception as e:
+        raise UserError(f"{flag} {path}: config.json is not a readable model config ({_first_line(e)}); "
+                        f"expected {want}")
+    if not _model_kind_ok(cfg, kind):
+        raise UserError(f"{flag} {path}: holds a {cfg.model_type!r} model, not {want}")
+    problem = _weights_problem(path)
+    if problem:
+        raise UserError(f"{flag} {path}: {problem} (a half-downloaded checkpoint?); expected {want} with its weights")
 
 
 def _encoder_module(model, sub):
@@ -412,7 +527,9 @@ def encode_samples(encoders, tasks, cache_dir=None):
     new = [s for s in todo if s.media not in cache]
     for m in ("image", "video", "audio"):
         group = sorted({s.media for s in new if s.modality == m})
-        for i in tqdm(range(0, len(group), 32), desc=f"encode {m}", disable=not group, leave=False):
+        if not group:       # (no bar; an explicit tqdm disable= would override TQDM_DISABLE)
+            continue
+        for i in tqdm(range(0, len(group), 32), desc=f"encode {m}", leave=False):
             cache.update(zip(group[i:i + 32], encoders(m, group[i:i + 32])))
     for s in todo:
         s.feat = cache[s.media]
@@ -427,16 +544,20 @@ def encode_samples(encoders, tasks, cache_dir=None):
 
 def load_llm(path, device):
     from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
+    check_model_dir(path, "--llm", "llm")
     cfg = os.path.join(path, "tokenizer_config.json")
-    generic = os.path.exists(cfg) and json.load(open(cfg)).get("tokenizer_class") in ("TokenizersBackend", "PreTrainedTokenizerFast")
+    try:
+        generic = os.path.exists(cfg) and json.load(open(cfg)).get("tokenizer_class") in ("TokenizersBackend", "PreTrainedTokenizerFast")
+    except (OSError, ValueError, AttributeError) as e:
+        raise UserError(f"--llm {path}: tokenizer_config.json is not readable ({_first_line(e)})")
     # a plain tokenizer.json (our word-level one) must load as-is; AutoTokenizer would re-build it as the model
     # family's own class (e.g. Qwen2's BPE) and silently change the ids
     tok = _hf_load(PreTrainedTokenizerFast if generic else AutoTokenizer, path, "--llm")
     dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
     try:
         llm = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    except (OSError, ValueError) as e:
-        raise UserError(f"--llm {path}: could not load a causal LM ({str(e).splitlines()[0]})")
+    except Exception as e:
+        raise UserError(f"--llm {path}: could not load a causal LM ({_first_line(e)})")
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     for p in llm.parameters():
@@ -638,8 +759,32 @@ def target_logits(logits, labels):
     return lg[lb != -100]
 
 
+def check_flags(args):
+    """Flags that cannot work, each as one line before anything is loaded: numbers out of range, an --output-dir
+    that is a file or a live run's folder, a model flag whose local path holds no model of its kind."""
+    for k, v in sorted(vars(args).items()):
+        flag = "--" + k.replace("_", "-")
+        if isinstance(v, float) and not math.isfinite(v):
+            raise UserError(f"{flag} must be a finite number, got {v}")
+        if (k == "lr" or k.endswith("_lr")) and isinstance(v, (int, float)) and v <= 0:
+            raise UserError(f"{flag} must be > 0, got {v}")
+    for k in ("train_limit", "test_limit", "max_steps", "lora_alpha"):
+        v = getattr(args, k, None)
+        if v is not None and v < 1:
+            raise UserError(f"--{k.replace('_', '-')} must be >= 1, got {v}")
+    out = args.output_dir
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UserError(f"--output-dir {out}: is a file, not a folder")
+    probe_lock(out)
+    for flag, path, kind in (("--llm", args.llm, "llm"), ("--image-encoder", args.image_encoder, "image"),
+                             ("--audio-encoder", args.audio_encoder, "audio")):
+        if path != "tiny":
+            check_model_dir(path, flag, kind)
+
+
 def build_model(args):
     """Tasks (with frozen-encoder features attached), text-only set, and the MLLM on args.device."""
+    check_flags(args)
     seed_everything(args.seed)            # projector (and later LoRA) initialisation depends on --seed only
     tasks, text = load_tasks(args)
     from data.tiny import build_tiny      # lazy: data/tiny.py imports common
@@ -672,6 +817,19 @@ def make_optimizer(model, args, params=None, lr=None):
     return torch.optim.AdamW(params if params is not None else trainable(model), lr=lr or args.lr, weight_decay=0.0)
 
 
+_progress = {"desc": None, "step": 0}       # the latest batches() stream and its step (1-based), for check_finite
+
+
+def check_finite(loss, where=None, flag="--lr"):
+    """Stop the run on a NaN / inf training loss: one line naming the task (`where`, default the desc of the
+    running batches() stream), the step and the loss. Call once per step, before backward; nothing of the task is
+    saved, so --resume continues after the last finished task. One sync, no RNG, no change to the loss."""
+    if not bool(torch.isfinite(torch.as_tensor(loss)).all()):
+        raise UserError(f"{where or _progress['desc'] or 'training'}: diverged at step {_progress['step']} (loss "
+                        f"{float(torch.as_tensor(loss).detach().float().sum())}); nothing of this task is saved; try a "
+                        f"lower {flag} (--resume keeps the tasks finished before)")
+
+
 def batches(samples, args, t, desc=None, epochs=None):
     """Shuffled mini-batches (lists of Samples) for task t, with a tqdm bar; respects --max-steps."""
     rng = np.random.default_rng(task_seed(args, t, 1))
@@ -686,6 +844,7 @@ def batches(samples, args, t, desc=None, epochs=None):
             if step >= total:
                 bar.close()
                 return
+            _progress.update(desc=desc, step=step + 1)
             yield [samples[j] for j in perm[i:i + args.batch_size]]
             step += 1
             bar.update()
@@ -825,6 +984,56 @@ def environment(args):
             "effective_batch_size": args.batch_size}
 
 
+LOCK = ".lock"       # in every run folder, flock'ed by the live run: the OS drops the lock when the process dies
+
+
+def _lock_holder(run_dir):
+    try:
+        with open(os.path.join(run_dir, LOCK)) as f:
+            who = " ".join(f.read().split())[:200]
+    except OSError:
+        who = ""
+    return who or "another process"
+
+
+def probe_lock(run_dir):
+    """Refuse (one line) when a live process holds `run_dir`'s lock; takes nothing. A lock file left by a dead
+    process is not held, so it passes."""
+    path = os.path.join(run_dir, LOCK)
+    if fcntl is None or not os.path.isfile(path):
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise UserError(f"--output-dir {run_dir} is in use by a live run ({_lock_holder(run_dir)}); wait for it to "
+                        f"end or pick another --output-dir")
+    finally:
+        os.close(fd)                  # releases the probe's lock (flock locks belong to the open file)
+
+
+def nonfinite_weights(model, extra=None):
+    """Name of the first tensor that a checkpoint would save (LoRA, projectors, the method's `extra` state) holding
+    NaN or inf, else None."""
+    for k, v in model.state_dict().items():
+        if ("lora_" in k or k.startswith("projectors.")) and v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            return k
+
+    def walk(o, name):
+        if isinstance(o, torch.Tensor):
+            return name if o.is_floating_point() and not bool(torch.isfinite(o).all()) else None
+        items = o.items() if isinstance(o, dict) else enumerate(o) if isinstance(o, (list, tuple)) else ()
+        for k, v in items:
+            bad = walk(v, f"{name}.{k}")
+            if bad:
+                return bad
+        return None
+    return walk(extra, "method state")
+
+
 class Run:
     """Owns the output folder: R matrix, zero-shot row, text-only accuracy, timings, per-task checkpoints, resume.
 
@@ -833,6 +1042,11 @@ class Run:
         run.zero_shot(model.generate)                    # untrained base, before task 1
         for t in range(run.start, len(tasks)): ...train...; run.end_task(t, model, predict, extra)
         run.finish()
+
+    The folder is safe at every moment: it is locked while the Run lives (a second process on it is refused; a
+    dead process's lock is taken over), it holds state.json from the start, checkpoint + state writes finish before
+    a signal is acted on, and Ctrl-C / SIGTERM end the process with one line saying where --resume continues
+    (exit status 130 / 143). A task whose weights are not finite is not saved.
     """
 
     def __init__(self, args, tasks, text, steps=None):
@@ -844,22 +1058,34 @@ class Run:
         self.state = {"R": [[None] * T for _ in self.steps], "zero_shot": None, "text": [], "text_zero_shot": None,
                       "timings": {"train_s": [], "eval_s": []}, "extras": {}, "done": 0}
         self.t0 = time.time()
-        if args.resume and os.path.exists(self._state_path):
-            with open(self._state_path) as f:
-                saved = json.load(f)
-            now = dict(_jsonable(args.fingerprint), tasks=[t.name for t in tasks])
-            diff = {k: (v, now.get(k)) for k, v in dict(saved["fingerprint"], tasks=saved["tasks"]).items() if now.get(k) != v}
-            if diff:
-                raise UserError(f"--resume: {self.dir} was made with a different model or task sequence "
-                                f"(saved vs now: {diff})")
-            self.state = saved["state"]
-        elif os.path.isdir(self.dir) and os.listdir(self.dir):
-            if not os.path.exists(self._state_path):
-                raise UserError(f"--output-dir {self.dir}: exists, is not empty and holds no run; pick another folder")
-            shutil.rmtree(self.dir)                 # a fresh run never mixes with an old run's files
-        os.makedirs(self.dir, exist_ok=True)
+        self._lock_fd, self._signals, self._critical, self._pending = None, {}, 0, None
+        if os.path.exists(self.dir) and not os.path.isdir(self.dir):
+            raise UserError(f"--output-dir {self.dir}: is a file, not a folder")
+        probe_lock(self.dir)              # first: a live run's folder is never called "not a run", never touched
+        has_run = os.path.exists(self._state_path)
+        if os.path.isdir(self.dir) and set(os.listdir(self.dir)) - {LOCK} and not has_run:
+            raise UserError(f"--output-dir {self.dir}: exists, is not empty and holds no run; pick another folder")
+        self._take_lock()
+        try:
+            self._remove_temp()           # half-written files of a killed run
+            saved = self._read_state() if args.resume and has_run else None
+            if saved is not None and saved["state"]["done"] > 0:
+                now = dict(_jsonable(args.fingerprint), tasks=[t.name for t in tasks])
+                diff = {k: (v, now.get(k)) for k, v in dict(saved["fingerprint"], tasks=saved["tasks"]).items() if now.get(k) != v}
+                if diff:
+                    raise UserError(f"--resume: {self.dir} was made with a different model or task sequence "
+                                    f"(saved vs now: {diff})")
+                self.state = saved["state"]
+            else:
+                if has_run:
+                    self._clear()         # a fresh run never mixes with an old run's files
+                self._write_state()       # the folder holds a run from now on
+        except BaseException:
+            self.close()
+            raise
         self.start = self.state["done"]
         self._task_t0 = time.time()
+        self._install_signals()
 
     @property
     def _state_path(self):
@@ -885,22 +1111,27 @@ class Run:
     def end_task(self, t, model, predict, extra=None, text_predict=None):
         """Evaluate all tasks after task t, checkpoint the model (+ method state `extra`), write results."""
         train_s = time.time() - self._task_t0
+        bad = nonfinite_weights(model, extra)
+        if bad:
+            raise UserError(f"task {t + 1}/{len(self.steps)} {self.steps[t]}: training diverged (non-finite values in "
+                            f"{bad}); nothing of this task is saved; try a lower --lr (--resume keeps the tasks "
+                            f"finished before)")
         e0 = time.time()
         row = self.score_row(predict)
         txt = self.text_score(text_predict or predict)
         eval_s = time.time() - e0
-        save_checkpoint(self.ckpt_dir(t), model, extra)
-        self.state["R"][t] = row
-        self.state["text"].append(txt)
-        self.state["timings"]["train_s"].append(train_s)
-        self.state["timings"]["eval_s"].append(eval_s)
-        self.state["done"] = t + 1
-        atomic_write(self._state_path, json.dumps({"fingerprint": _jsonable(self.args.fingerprint),
-                                                   "tasks": [x.name for x in self.tasks], "state": self.state}))
-        if t > 0:   # the previous task's checkpoint is no longer needed for resume; keep only the model artefacts
-            prev = os.path.join(self.ckpt_dir(t - 1), "resume.pt")
-            if os.path.exists(prev):
-                os.remove(prev)
+        with self._uninterrupted():       # checkpoint + state: all or nothing, whatever signal comes
+            save_checkpoint(self.ckpt_dir(t), model, extra)
+            self.state["R"][t] = row
+            self.state["text"].append(txt)
+            self.state["timings"]["train_s"].append(train_s)
+            self.state["timings"]["eval_s"].append(eval_s)
+            self.state["done"] = t + 1
+            self._write_state()
+            if t > 0:   # the previous task's checkpoint is no longer needed for resume; keep only the model artefacts
+                prev = os.path.join(self.ckpt_dir(t - 1), "resume.pt")
+                if os.path.exists(prev):
+                    os.remove(prev)
         print(f"after step {t + 1}/{len(self.steps)} {self.steps[t]:>10}: {fmt_row(row)}{fmt_text(txt)} "
               f"| train {train_s:.0f}s eval {eval_s:.0f}s", flush=True)
         self._task_t0 = time.time()
@@ -929,13 +1160,118 @@ class Run:
                "tasks": [t.name for t in self.tasks], "steps": self.steps, "R": R, "zero_shot": s["zero_shot"], "text": s["text"],
                "metrics": metrics, "timings": s["timings"], "environment": environment(self.args),
                "fingerprint": self.args.fingerprint}
-        atomic_write(os.path.join(self.dir, "results.json"), json.dumps(_jsonable(res), indent=1))
-        atomic_write(os.path.join(self.dir, "results.md"), results_markdown(res))
-        draw_matrix(R, res["steps"], res["tasks"], os.path.join(self.dir, "matrix.png"), title=f"{res['method']} {self.args.scenario} "
-                    f"order {self.args.order} seed {self.args.seed}")
+        with self._uninterrupted():       # results.json last: it is what marks a run finished
+            atomic_write(os.path.join(self.dir, "results.md"), results_markdown(res))
+            draw_matrix(R, res["steps"], res["tasks"], os.path.join(self.dir, "matrix.png"), title=f"{res['method']} {self.args.scenario} "
+                        f"order {self.args.order} seed {self.args.seed}")
+            atomic_write(os.path.join(self.dir, "results.json"), json.dumps(_jsonable(res), indent=1))
         print(results_markdown(res))
         print(f"wrote {self.dir}/results.json, results.md, matrix.png")
+        self.close()
         return res
+
+    def close(self):
+        """Release the folder's lock and the signal handlers (finish() does; for a Run that ends otherwise)."""
+        self._restore_signals()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    # ---- the folder: lock, state file, leftovers
+    def _take_lock(self):
+        try:
+            os.makedirs(self.dir, exist_ok=True)
+            fd = os.open(os.path.join(self.dir, LOCK), os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise UserError(f"--output-dir {self.dir}: cannot be created or written ({_first_line(e)})")
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:   # a live run took it since probe_lock
+                os.close(fd)
+                raise UserError(f"--output-dir {self.dir} is in use by a live run ({_lock_holder(self.dir)}); wait for "
+                                f"it to end or pick another --output-dir")
+        os.ftruncate(fd, 0)              # who holds it, for the message of a refused second process
+        os.pwrite(fd, f"pid {os.getpid()}: {' '.join([os.path.basename(sys.executable)] + sys.argv)}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def _read_state(self):
+        try:
+            with open(self._state_path) as f:
+                saved = json.load(f)
+            saved["fingerprint"], saved["tasks"], saved["state"]["done"]
+            return saved
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise UserError(f"--resume: {self._state_path} is not a readable run state ({_first_line(e)}); start the "
+                            f"run again without --resume")
+
+    def _write_state(self):
+        atomic_write(self._state_path, json.dumps({"fingerprint": _jsonable(getattr(self.args, "fingerprint", {})),
+                                                   "tasks": [x.name for x in self.tasks], "state": self.state}))
+
+    def _clear(self):
+        for name in os.listdir(self.dir):
+            if name != LOCK:
+                p = os.path.join(self.dir, name)
+                shutil.rmtree(p) if os.path.isdir(p) and not os.path.islink(p) else os.remove(p)
+
+    def _remove_temp(self):
+        """Temp files and folders (atomic writes, save_checkpoint's task<i>.tmp/) that a killed process left."""
+        for root, dirs, files in os.walk(self.dir):
+            for d in [d for d in dirs if d.endswith(".tmp")]:
+                shutil.rmtree(os.path.join(root, d), ignore_errors=True)
+                dirs.remove(d)
+            for f in files:
+                if f.endswith((".tmp", ".tmp.png")):
+                    os.remove(os.path.join(root, f))
+
+    # ---- signals: SIGINT / SIGTERM end the run between consistent states
+    def _install_signals(self):
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            old = signal.getsignal(sig)
+            if old is signal.SIG_IGN or old is None:   # e.g. SIGINT of a background job: keep ignoring it
+                continue
+            self._signals[sig] = old
+            signal.signal(sig, self._on_signal)
+
+    def _restore_signals(self):
+        for sig, old in self._signals.items():
+            signal.signal(sig, old)
+        self._signals = {}
+
+    def _on_signal(self, signum, frame):
+        if self._critical:
+            self._pending = signum        # acted on when the checkpoint / state write is complete
+        else:
+            self._interrupted(signum)
+
+    @contextlib.contextmanager
+    def _uninterrupted(self):
+        self._critical += 1
+        try:
+            yield
+        finally:
+            self._critical -= 1
+        if not self._critical and self._pending is not None:
+            self._interrupted(self._pending)
+
+    def _interrupted(self, signum):
+        self._restore_signals()           # a second Ctrl-C while unwinding acts as usual
+        self._remove_temp()
+        for bar in list(getattr(tqdm, "_instances", ())):   # the line below on a line of its own
+            bar.close()
+        done, T = self.state["done"], len(self.steps)
+        if done >= T:
+            msg = (f"interrupted after the run finished ({self.dir}/results.json is complete)"
+                   if os.path.exists(os.path.join(self.dir, "results.json")) else
+                   "interrupted while writing the results; --resume writes them")
+        else:
+            msg = (f"interrupted in task {done + 1} ({self.steps[done]}); --resume " +
+                   ("starts from the beginning" if done == 0 else f"continues after task {done}"))
+        print(msg, file=sys.stderr, flush=True)
+        raise SystemExit(128 + signum)    # 130 (SIGINT) / 143 (SIGTERM); unwinds, so `with` blocks close
 
 
 def fmt_row(row):
@@ -1017,7 +1353,13 @@ def save_checkpoint(path, model, extra=None):
 def load_checkpoint(path, model):
     """Restore what save_checkpoint wrote. Adapters missing from `model` must be re-created by the method first
     (we check, so a mismatch is an error, not silent garbage). Returns the saved `extra`."""
-    blob = torch.load(os.path.join(path, "resume.pt"), weights_only=False)
+    ck = os.path.join(path, "resume.pt")
+    try:
+        blob = torch.load(ck, weights_only=False)
+        blob["params"], blob["adapters"], blob["extra"]
+    except Exception as e:    # missing, truncated (RuntimeError from the zip reader), not a checkpoint
+        raise UserError(f"--resume: {ck} is not a readable checkpoint ({_first_line(e)}); start the run again "
+                        f"without --resume")
     missing = [a for a in blob["adapters"] if a not in getattr(model.llm, "peft_config", {})]
     if missing:
         raise UserError(f"{path}: checkpoint has adapters {missing} that the model does not")

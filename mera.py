@@ -47,8 +47,8 @@ Usage:
 import numpy as np
 import torch
 
-from common import (Run, UserError, add_lora, batches, build_model, ce_loss, lora_layers, make_optimizer,
-                    parse_args, seed_everything, shared_parser, task_seed)
+from common import (Run, UserError, add_lora, batches, build_model, ce_loss, check_finite, lora_layers,
+                    make_optimizer, parse_args, seed_everything, shared_parser, task_seed)
 
 
 def get_args(argv=None):
@@ -123,6 +123,7 @@ def realign(model, replay, args, t):
     for samples in batches(replay, args, t, desc=f"realign {'+'.join(seen)}", epochs=args.realign_epochs):
         b = model.collate(samples).to(args.device)
         loss = ce_loss(model(b), b.labels)
+        check_finite(loss, f"realign after task {t + 1}", "--realign-lr")   # NaN / inf: stop, naming the step
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -139,6 +140,7 @@ def finetune(model, task, args, t, n_steps):
     for samples in batches(task.train, args, t, desc=f"task {t + 1}/{n_steps} {task.name}"):
         b = model.collate(samples).to(args.device)
         loss = ce_loss(model(b), b.labels)
+        check_finite(loss)                                            # NaN / inf: stop, naming the step
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -52,8 +52,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common import (Run, UserError, add_lora, batches, build_model, ce_loss, make_optimizer, parse_args,
-                    seed_everything, shared_parser, target_logits, task_seed)
+from common import (Run, UserError, add_lora, batches, build_model, ce_loss, check_finite, make_optimizer,
+                    parse_args, seed_everything, shared_parser, target_logits, task_seed)
 from data.generate import caption_instruction
 
 
@@ -72,7 +72,7 @@ def get_args(argv=None):
     a = p.parse_args(argv)
     name = "moincl" + ("-noptgm" if a.no_ptgm else "") + ("-noikd" if a.no_ikd else "")
     args = parse_args(p, argv, run_name=name)
-    for flag in ("pseudo_per_batch", "ikd_per_batch"):
+    for flag in ("pseudo_per_batch", "ikd_per_batch", "kd_weight", "ikd_weight"):
         if getattr(args, flag) < 0:
             raise UserError(f"--{flag.replace('_', '-')} must be >= 0, got {getattr(args, flag)}")
     if args.kd_temperature <= 0:
@@ -185,6 +185,7 @@ def train_step(model, teacher, opt, samples, pool, texts, args):
         l_ikd = ikd_loss(model, teacher, texts, args.kd_temperature)
         loss = loss + args.ikd_weight * l_ikd                               # + L_IKD
         terms["ikd"] = l_ikd.item()
+    check_finite(loss)                                                      # NaN / inf: stop, naming the task and step
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()

@@ -49,8 +49,8 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from common import (Run, UserError, add_lora, batches, build_model, ce_loss, make_optimizer, parse_args,
-                    seed_everything, shared_parser, task_seed)
+from common import (Run, UserError, add_lora, batches, build_model, ce_loss, check_finite, make_optimizer,
+                    parse_args, seed_everything, shared_parser, task_seed)
 from data.generate import EXPERT_LETTERS
 
 
@@ -127,6 +127,7 @@ def train(model, projectors, name, data, args, t, epochs=None, lr=None, desc=Non
     for samples in batches(data, args, t, desc=desc, epochs=epochs):
         b = model.collate(samples).to(args.device)
         loss = ce_loss(model(b), b.labels)
+        check_finite(loss, desc, "--lr" if lr is None else "--router-lr")   # NaN / inf: stop, naming the step
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
