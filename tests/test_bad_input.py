@@ -80,7 +80,8 @@ def root(base_root, tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny():
-    return C.build_tiny()
+    from data.tiny import build_tiny
+    return build_tiny()
 
 
 def lines(path):
