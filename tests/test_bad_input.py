@@ -248,6 +248,11 @@ def test_data_root_missing_a_task(root):
     import baselines
     with pytest.raises(C.UserError) as e:
         C.load_tasks(baselines.get_args(["--data-root", root]))
+    assert msg(e) == (f"error: --data-root {root}: no folder video-qa/ for task 'video-qa' of the task sequence "
+                      f"(expected <data-root>/video-qa/{{train,test}}.jsonl; convert with python -m data.convert)")
+    os.makedirs(os.path.join(root, "video-qa"))                # the folder without its manifests
+    with pytest.raises(C.UserError) as e:
+        C.load_tasks(baselines.get_args(["--data-root", root]))
     assert msg(e) == f"error: {root}/video-qa/train.jsonl: manifest not found (expected <data-root>/<task>/{{train,test}}.jsonl)"
 
 
@@ -320,7 +325,7 @@ def test_whole_script_one_line(case, tiny, root, tmp_path):
         expect = [f"{p}:3: not valid JSON"]
     elif case == "missing task":
         shutil.rmtree(os.path.join(root, "audio-qa"))
-        expect = [f"{root}/audio-qa/train.jsonl: manifest not found"]
+        expect = [f"--data-root {root}: no folder audio-qa/ for task 'audio-qa'"]
     else:
         png = os.path.join(root, "image-qa", "media", "test_0001.png")
         data = open(png, "rb").read()

@@ -143,7 +143,7 @@ SMOKE = ["--scenario", "mcl", "--train-limit", "16", "--test-limit", "8", "--epo
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("mera") / "run"
-    run_script("mera.py", out, *SMOKE)
+    run_script("mera.py", out, *SMOKE, process=True)   # the script as a user runs it
     return out
 
 

@@ -142,7 +142,7 @@ SMOKE = ["--train-limit", "16", "--test-limit", "8", "--epochs", "1"]
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("moincl") / "run"
-    return out, run_script("moincl.py", out, *SMOKE)
+    return out, run_script("moincl.py", out, *SMOKE, process=True)   # the script as a user runs it
 
 
 def test_smoke_run(smoke):

@@ -10,7 +10,7 @@ import torch
 
 import mr_lora as M
 from conftest import kill_and_resume, run_script, same_results, tiny_mllm
-from common import Sample, Task, add_lora, load_image, read_manifest
+from common import ORDERS, Sample, Task, add_lora, load_image, read_manifest
 from data import generate as G
 
 
@@ -19,7 +19,7 @@ def test_router_prompt_lists_seen_experts_and_keeps_request():
     q = M.router_prompt("what is the main object?", ["dcl-rs", "dcl-med"])
     assert q == "choose the expert for this request : A dcl rs , B dcl med . request : what is the main object?"
     vocab = set(G.vocabulary())          # the tiny word-level tokenizer must know every prompt word and letter
-    for names in (M.ORDERS["micl"][1], M.ORDERS["dcl"][1], M.ORDERS["mcl"][1]):
+    for names in (ORDERS["micl"][1], ORDERS["dcl"][1], ORDERS["mcl"][1]):
         assert set(G._split_words(M.router_prompt("", names))) <= vocab
     assert set(G.EXPERT_LETTERS) <= vocab
 
@@ -87,9 +87,9 @@ def test_training_expert_k_leaves_earlier_experts_and_router_bit_identical():
 # ------------------------------------------------------------------------------------------ dcl data
 def test_dcl_files_round_trip_with_domain_vocabulary(tmp_path):
     root = str(tmp_path)
-    assert M.ORDERS["dcl"][1] == ["dcl-rs", "dcl-med", "dcl-ad", "dcl-sci", "dcl-fin"]
+    assert ORDERS["dcl"][1] == ["dcl-rs", "dcl-med", "dcl-ad", "dcl-sci", "dcl-fin"]
     means, questions = {}, set()
-    for d in M.ORDERS["dcl"][1]:
+    for d in ORDERS["dcl"][1]:
         G.write_task(root, d, seed=0, sizes={"train": 12})
         rows = read_manifest(os.path.join(root, d, "train.jsonl"), d)
         vocab = set(G.DOMAIN_OBJECTS[d]) | set(G.DOMAIN_PLACES[d]) | set(G.NUMBERS[1:4])
@@ -130,7 +130,7 @@ SMOKE = ["--train-limit", "16", "--test-limit", "8", "--epochs", "1", "--router-
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("mr_lora") / "run"
-    run_script("mr_lora.py", out, *SMOKE)
+    run_script("mr_lora.py", out, *SMOKE, process=True)   # the script as a user runs it
     return out
 
 

@@ -14,8 +14,8 @@ from conftest import run_script
 TINY = ["--train-limit", "16", "--test-limit", "8", "--epochs", "1"]
 
 
-def run(script, out, *flags, check=True):
-    return run_script(script, out, *TINY, *flags, check=check, timeout=600)
+def run(script, out, *flags, check=True, process=False):
+    return run_script(script, out, *TINY, *flags, check=check, timeout=600, process=process)
 
 
 def results(out):
@@ -26,7 +26,7 @@ def results(out):
 @pytest.fixture(scope="module")
 def finetune_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("ft") / "run"
-    run("baselines.py", out, "--method", "finetune")
+    run("baselines.py", out, "--method", "finetune", process=True)     # the script as a user runs it
     return out
 
 
