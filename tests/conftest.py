@@ -48,6 +48,10 @@ def _in_process(script, argv):
             err.write(e.code + "\n")
     finally:
         os.chdir(cwd)
+        import gc
+        from common import Run
+        for run in [o for o in gc.get_objects() if isinstance(o, Run)]:
+            run.close()                 # what the end of a process does: a run that stopped on an error held its lock
         for s, h in handlers.items():   # Run installs SIGINT / SIGTERM handlers; a run that errors leaves them
             signal.signal(s, h)
     return subprocess.CompletedProcess([script, *argv], code, out.getvalue(), err.getvalue())

@@ -49,7 +49,7 @@ import soundfile as sf
 from PIL import Image
 
 import common as C
-from conftest import ROOT
+from conftest import ROOT, run_script
 from data import generate as G
 
 TASKS = C.ORDERS["micl"][1]
@@ -94,10 +94,8 @@ def write_lines(path, rows, encoding="utf-8", end="\n"):
         f.write("".join((r if isinstance(r, str) else json.dumps(r)) + end for r in rows))
 
 
-def run(out, *flags):
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "baselines.py"), "--output-dir", str(out), *QUICK, *flags],
-                       capture_output=True, text=True, cwd=ROOT, timeout=300, env=dict(os.environ, TQDM_DISABLE="1"))
-    return r
+def run(out, *flags, process=False):
+    return run_script("baselines.py", out, *QUICK, *flags, check=False, process=process)
 
 
 def assert_one_error_line(r, *expect):
@@ -314,6 +312,7 @@ def test_real_model_folders_and_hub_ids_pass(tiny):
 # ---------------------------------------------------------------------------------------------- whole script
 @pytest.mark.parametrize("case", ["llm is an image encoder", "negative lr", "not JSON", "missing task", "truncated PNG"])
 def test_whole_script_one_line(case, tiny, root, tmp_path):
+    """The line on stderr of the script itself; two cases as a process (what a user sees), the rest in-process."""
     out, flags = tmp_path / "out", ["--data-root", root]
     if case == "llm is an image encoder":                   # the issue: a 30-line sentencepiece / tiktoken traceback
         flags, expect = ["--llm", tiny["image"]], [f"--llm {tiny['image']}: holds a 'vit' model, not a causal language model"]
@@ -331,7 +330,7 @@ def test_whole_script_one_line(case, tiny, root, tmp_path):
         data = open(png, "rb").read()
         open(png, "wb").write(data[:len(data) // 3])
         expect = [f"{png}: not a readable image"]
-    assert_one_error_line(run(out, *flags), *expect)
+    assert_one_error_line(run(out, *flags, process=case in ("llm is an image encoder", "truncated PNG")), *expect)
     assert not out.exists()                                 # refused before anything was written
 
 

@@ -159,14 +159,11 @@ def test_checkpoint_round_trip(hf_dir, tmp_path):
 def test_script_runs_on_hf_models(hf_dir, tmp_path):
     """The real-model path end to end: a method script with --llm / --image-encoder / --audio-encoder folders."""
     import json
-    import os
-    import subprocess
-    import sys
+
+    from conftest import run_script
     out = tmp_path / "run"
-    r = subprocess.run([sys.executable, os.path.join(C.ROOT, "moincl.py"), "--llm", str(hf_dir / "llm"),
-                        "--image-encoder", str(hf_dir / "clip"), "--audio-encoder", str(hf_dir / "whisper"),
-                        "--train-limit", "4", "--test-limit", "2", "--epochs", "1", "--output-dir", str(out)],
-                       capture_output=True, text=True, cwd=C.ROOT, timeout=300, env=dict(os.environ, TQDM_DISABLE="1"))
+    r = run_script("moincl.py", out, "--llm", str(hf_dir / "llm"), "--image-encoder", str(hf_dir / "clip"),
+                   "--audio-encoder", str(hf_dir / "whisper"), "--train-limit", "4", "--test-limit", "2", "--epochs", "1")
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads((out / "results.json").read_text())
     assert res["args"]["llm"] == str(hf_dir / "llm") and len(res["R"]) == 6
