@@ -17,6 +17,7 @@ BUILD_REVISION for a change it cannot see (the training code, how data/generate.
 rebuild; tests/test_tiny.py fails while data/tiny_base/KEY is not the key of the 600-step default.
 """
 import argparse
+import functools
 import hashlib
 import json
 import os
@@ -83,6 +84,11 @@ def recipe(steps=None):
 
 def build_key(steps=None):
     """10 hex digits naming the base that `steps` (default: PRETRAIN_STEPS) and the current code would build."""
+    return _key(PRETRAIN_STEPS if steps is None else steps)
+
+
+@functools.lru_cache(maxsize=None)
+def _key(steps):     # drawing the corpus and vocabulary takes ~1 s: once per process and budget
     return hashlib.sha1(json.dumps(recipe(steps), sort_keys=True).encode()).hexdigest()[:10]
 
 
