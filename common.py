@@ -399,6 +399,7 @@ class Encoders:
 def _hf_load(cls, path, flag):
     from transformers.utils import logging as hf_logging
     hf_logging.set_verbosity_error()      # load reports (e.g. an unused pooler) are noise here
+    hf_logging.disable_progress_bar()     # and so are "Loading weights" bars of a few-MB model
     if not os.path.exists(path) and (path.startswith((".", "/", "~")) or path.count("/") > 1):
         raise UserError(f"{flag} {path}: path does not exist")
     try:
