@@ -239,10 +239,6 @@ def read_manifest(path, task):
     return out
 
 
-def scenario_tasks(scenario):
-    return sorted({t for order in ORDERS[scenario].values() for t in order})
-
-
 def synthetic_root(seed):
     """Folder of the synthetic benchmark drawn with `seed` (generated there on first use)."""
     return os.path.join(CACHE, "data", f"seed{seed}")
@@ -400,9 +396,7 @@ def _hf_load(cls, path, flag):
     from transformers.utils import logging as hf_logging
     hf_logging.set_verbosity_error()      # load reports (e.g. an unused pooler) are noise here
     hf_logging.disable_progress_bar()     # and so are "Loading weights" bars of a few-MB model
-    if not os.path.exists(path) and (path.startswith((".", "/", "~")) or path.count("/") > 1):
-        raise UserError(f"{flag} {path}: path does not exist")
-    try:
+    try:                                  # (the path itself was checked by check_model_dir)
         return cls.from_pretrained(path)
     except Exception as e:   # OSError, ValueError, ImportError (a tokenizer that needs sentencepiece), ...
         raise UserError(f"{flag} {path}: could not load {cls.__name__} ({_first_line(e)})")
@@ -773,10 +767,7 @@ def check_flags(args):
         v = getattr(args, k, None)
         if v is not None and v < 1:
             raise UserError(f"--{k.replace('_', '-')} must be >= 1, got {v}")
-    out = args.output_dir
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise UserError(f"--output-dir {out}: is a file, not a folder")
-    probe_lock(out)
+    check_output_dir(args.output_dir)
     for flag, path, kind in (("--llm", args.llm, "llm"), ("--image-encoder", args.image_encoder, "image"),
                              ("--audio-encoder", args.audio_encoder, "audio")):
         if path != "tiny":
@@ -821,14 +812,18 @@ def make_optimizer(model, args, params=None, lr=None):
 _progress = {"desc": None, "step": 0}       # the latest batches() stream and its step (1-based), for check_finite
 
 
+def _diverged(what, flag="--lr"):
+    return UserError(f"{what}; nothing of this task is saved; try a lower {flag} (--resume keeps the tasks finished "
+                     f"before)")
+
+
 def check_finite(loss, where=None, flag="--lr"):
     """Stop the run on a NaN / inf training loss: one line naming the task (`where`, default the desc of the
     running batches() stream), the step and the loss. Call once per step, before backward; nothing of the task is
     saved, so --resume continues after the last finished task. One sync, no RNG, no change to the loss."""
     if not bool(torch.isfinite(torch.as_tensor(loss)).all()):
-        raise UserError(f"{where or _progress['desc'] or 'training'}: diverged at step {_progress['step']} (loss "
-                        f"{float(torch.as_tensor(loss).detach().float().sum())}); nothing of this task is saved; try a "
-                        f"lower {flag} (--resume keeps the tasks finished before)")
+        raise _diverged(f"{where or _progress['desc'] or 'training'}: diverged at step {_progress['step']} (loss "
+                        f"{float(torch.as_tensor(loss).detach().float().sum())})", flag)
 
 
 def batches(samples, args, t, desc=None, epochs=None):
@@ -997,6 +992,18 @@ def _lock_holder(run_dir):
     return who or "another process"
 
 
+def _in_use(run_dir):
+    return UserError(f"--output-dir {run_dir} is in use by a live run ({_lock_holder(run_dir)}); wait for it to end "
+                     f"or pick another --output-dir")
+
+
+def check_output_dir(run_dir):
+    """--output-dir must be a folder (or not exist yet) that no live run holds: else one line."""
+    if os.path.exists(run_dir) and not os.path.isdir(run_dir):
+        raise UserError(f"--output-dir {run_dir}: is a file, not a folder")
+    probe_lock(run_dir)
+
+
 def probe_lock(run_dir):
     """Refuse (one line) when a live process holds `run_dir`'s lock; takes nothing. A lock file left by a dead
     process is not held, so it passes."""
@@ -1010,8 +1017,7 @@ def probe_lock(run_dir):
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        raise UserError(f"--output-dir {run_dir} is in use by a live run ({_lock_holder(run_dir)}); wait for it to "
-                        f"end or pick another --output-dir")
+        raise _in_use(run_dir)
     finally:
         os.close(fd)                  # releases the probe's lock (flock locks belong to the open file)
 
@@ -1060,9 +1066,7 @@ class Run:
                       "timings": {"train_s": [], "eval_s": []}, "extras": {}, "done": 0}
         self.t0 = time.time()
         self._lock_fd, self._signals, self._critical, self._pending = None, {}, 0, None
-        if os.path.exists(self.dir) and not os.path.isdir(self.dir):
-            raise UserError(f"--output-dir {self.dir}: is a file, not a folder")
-        probe_lock(self.dir)              # first: a live run's folder is never called "not a run", never touched
+        check_output_dir(self.dir)        # first: a live run's folder is never called "not a run", never touched
         has_run = os.path.exists(self._state_path)
         if os.path.isdir(self.dir) and set(os.listdir(self.dir)) - {LOCK} and not has_run:
             raise UserError(f"--output-dir {self.dir}: exists, is not empty and holds no run; pick another folder")
@@ -1114,9 +1118,8 @@ class Run:
         train_s = time.time() - self._task_t0
         bad = nonfinite_weights(model, extra)
         if bad:
-            raise UserError(f"task {t + 1}/{len(self.steps)} {self.steps[t]}: training diverged (non-finite values in "
-                            f"{bad}); nothing of this task is saved; try a lower --lr (--resume keeps the tasks "
-                            f"finished before)")
+            raise _diverged(f"task {t + 1}/{len(self.steps)} {self.steps[t]}: training diverged (non-finite values "
+                            f"in {bad})")
         e0 = time.time()
         row = self.score_row(predict)
         txt = self.text_score(text_predict or predict)
@@ -1190,8 +1193,7 @@ class Run:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:   # a live run took it since probe_lock
                 os.close(fd)
-                raise UserError(f"--output-dir {self.dir} is in use by a live run ({_lock_holder(self.dir)}); wait for "
-                                f"it to end or pick another --output-dir")
+                raise _in_use(self.dir)
         os.ftruncate(fd, 0)              # who holds it, for the message of a refused second process
         os.pwrite(fd, f"pid {os.getpid()}: {' '.join([os.path.basename(sys.executable)] + sys.argv)}\n".encode(), 0)
         self._lock_fd = fd
