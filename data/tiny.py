@@ -39,9 +39,8 @@ SHIPPED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tiny_base")
 PARTS = ("llm", "image", "audio")
 BUILD_REVISION = 1     # bump when the build changes in a way the key does not see (then: python -m data.tiny --rebuild)
 
-# One-time pretraining budget of the tiny base: 600 steps (AST; 1.5x for the LLM and the ViT) for every number in
-# README. The tests set MLLM_CL_TINY_STEPS (e.g. 30) to build a throwaway base in seconds: they check plumbing, not
-# accuracy.
+# One-time pretraining budget of the tiny base: 600 steps (AST; 1.5x for the LLM and the ViT, part_steps). The tests
+# set MLLM_CL_TINY_STEPS (e.g. 30) to build a throwaway base in seconds: they check plumbing, not accuracy.
 DEFAULT_STEPS = 600
 PRETRAIN_STEPS, PRETRAIN_BATCH = int(os.environ.get("MLLM_CL_TINY_STEPS", str(DEFAULT_STEPS))), 64
 ENCODER_CORPUS_SEED = 987654
@@ -196,7 +195,7 @@ def _build_part(part, path, threads, steps, corpus_size):
 
 
 def _quiet_worker():
-    """A build worker prints nothing but its progress (through the queue; issue #20): no "Writing model shards" bars
+    """A build worker prints nothing but its progress (through the queue): no "Writing model shards" bars
     from save_pretrained, and not the warning that transformers without torchvision gives once when it resolves
     `ViTImageProcessor` to its PIL twin `ViTImageProcessorPil` (what the shipped base was built with)."""
     import logging

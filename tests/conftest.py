@@ -9,7 +9,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 os.environ.setdefault("TQDM_DISABLE", "1")
 # the tests check plumbing, not accuracy: a throwaway tiny base pretrained for 30 steps (seconds, cached apart from
-# the 600-step default every reported number uses); export MLLM_CL_TINY_STEPS=600 to test on the real one
+# the default budget of the shipped base); export MLLM_CL_TINY_STEPS=600 to test on the real one
 os.environ.setdefault("MLLM_CL_TINY_STEPS", "30")
 
 

@@ -1,4 +1,4 @@
-"""Profile of one finetune training step and of evaluation on this machine (issue #21: measure before optimising).
+"""Profile of one finetune training step and of evaluation on this machine (measure before optimising).
 
 Builds the embedded default as the scripts do (common.build_model + common.add_lora), takes 16 training samples of
 an image task and of an audio task and times baselines.train_step's sequence (collate -> forward -> ce_loss ->
