@@ -936,11 +936,18 @@ def evaluate(predict, task):
     return score_predictions(task.test, predict(task.test))
 
 
+def brg_steps(R):
+    """BRG after every step i = 2..T (1-based): BRG_i = 100 * mean_{j<i} R[i,j] / R[j,j] (R[j,j] = 0 counts 0)."""
+    R = np.asarray(R, dtype=float)
+    return [float(100 * np.mean([R[i, j] / R[j, j] if R[j, j] > 0 else 0.0 for j in range(i)])) for i in range(1, len(R))]
+
+
 def cl_metrics(R):
     """SPEC 4 metrics of an accuracy matrix R (T x T, R[i][j] = score on task j after training task i):
         Last = mean_j R[T,j]            MAA = mean_i mean_{j<=i} R[i,j]          MFT = mean_j R[j,j]
         BWT  = mean_{j<T} (R[T,j] - R[j,j])       Forgetting = mean_{j<T} (max_{i<T} R[i,j] - R[T,j])
-        BRG  = 100 * mean_{j<T} R[T,j] / R[j,j]
+        BRG  = 100 * mean_{j<T} R[T,j] / R[j,j]   (= BRG_T of brg_steps)
+        BRG_mean = mean_{i=2..T} BRG_i            (BRG averaged over the steps, brg_steps)
     """
     R = np.asarray(R, dtype=float)
     T = R.shape[0]
@@ -950,9 +957,10 @@ def cl_metrics(R):
     if T > 1:
         m["bwt"] = np.mean([R[-1, j] - R[j, j] for j in range(T - 1)])
         m["forgetting"] = np.mean([R[:-1, j].max() - R[-1, j] for j in range(T - 1)])
-        m["brg"] = 100 * np.mean([R[-1, j] / R[j, j] if R[j, j] > 0 else 0.0 for j in range(T - 1)])
+        m["brg"] = brg_steps(R)[-1]
+        m["brg_mean"] = np.mean(brg_steps(R))
     else:
-        m.update(bwt=0.0, forgetting=0.0, brg=100.0)
+        m.update(bwt=0.0, forgetting=0.0, brg=100.0, brg_mean=100.0)
     return {k: float(v) for k, v in m.items()}
 
 
@@ -1162,7 +1170,8 @@ class Run:
             s["timings"]["peak_gpu_gib"] = torch.cuda.max_memory_allocated(self.args.device) / 2**30
         res = {"method": self.args.run_name, "args": {k: v for k, v in vars(self.args).items() if k != "fingerprint"},
                "tasks": [t.name for t in self.tasks], "steps": self.steps, "R": R, "zero_shot": s["zero_shot"], "text": s["text"],
-               "metrics": metrics, "timings": s["timings"], "environment": environment(self.args),
+               "metrics": metrics, "brg_steps": brg_steps(R) if len(R) == len(R[0]) else None,
+               "timings": s["timings"], "environment": environment(self.args),
                "fingerprint": self.args.fingerprint}
         with self._uninterrupted():       # results.json last: it is what marks a run finished
             atomic_write(os.path.join(self.dir, "results.md"), results_markdown(res))
@@ -1304,6 +1313,8 @@ def results_markdown(res):
         lines.append(f"| {i + 1}. {res['steps'][i]} | " + " | ".join(f"{x:.1f}" for x in row) + " |")
     m = res["metrics"]
     lines += ["", "| metric | value |", "|---|---|"] + [f"| {k} | {v:.2f} |" for k, v in m.items() if isinstance(v, (int, float))]
+    if res.get("brg_steps"):
+        lines.append("| brg after steps 2..T | " + " / ".join(f"{x:.1f}" for x in res["brg_steps"]) + " |")
     return f"### {res['method']} ({res['args']['scenario']}, order {res['args']['order']}, seed {res['args']['seed']})\n\n" + "\n".join(lines) + "\n"
 
 
@@ -1376,7 +1387,7 @@ def load_checkpoint(path, model):
 
 
 # ================================================================================================== summarize
-SUMMARY_KEYS = ["last", "maa", "mft", "bwt", "forgetting", "brg", "text_retention", "router_accuracy"]
+SUMMARY_KEYS = ["last", "maa", "mft", "bwt", "forgetting", "brg", "brg_mean", "text_retention", "router_accuracy"]
 
 
 def _groups(root):

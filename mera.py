@@ -42,6 +42,7 @@ Usage:
     python mera.py --scenario mcl --order 1
     python mera.py --scenario mcl --order 1 --no-realign      # ablation: merge only   (run name mera-merge-only)
     python mera.py --scenario mcl --order 1 --no-merge        # ablation: realign only (run name mera-realign-only)
+    python mera.py --scenario mcl --no-realign-step1 --realign-newest-full     # variants (docs/mera.md)
     python mera.py --scenario micl --order 2 --seed 1
 """
 import numpy as np
@@ -61,9 +62,14 @@ def get_args(argv=None):
     g.add_argument("--realign-epochs", type=int, default=3, help="epochs over the replay set per realign stage")
     g.add_argument("--realign-lr", type=float, default=1e-3, help="AdamW lr for realignment (see the module "
                    "docstring for how it and --realign-epochs were chosen)")
+    g.add_argument("--no-realign-step1", action="store_true", help="variant: no realignment after step 1, where "
+                   "nothing is merged yet (run name suffix -skip1)")
+    g.add_argument("--realign-newest-full", action="store_true", help="variant: the newest task's projector "
+                   "realigns on its whole training split, older tasks on their replay sets (suffix -newfull)")
     a = p.parse_args(argv)
     name = {(False, False): "mera", (False, True): "mera-merge-only", (True, False): "mera-realign-only",
             (True, True): "mera-vanilla"}[(a.no_merge, a.no_realign)]
+    name += ("-skip1" if a.no_realign_step1 else "") + ("-newfull" if a.realign_newest_full else "")
     args = parse_args(p, argv, run_name=name)
     if not 0 < args.replay_ratio <= 1:
         raise UserError(f"--replay-ratio must be in (0, 1], got {args.replay_ratio}")
@@ -109,6 +115,14 @@ def draw_replay_ids(task, ratio, seed):
     n = max(1, int(round(ratio * len(task.train))))
     idx = np.random.default_rng(seed).choice(len(task.train), n, replace=False)
     return sorted(task.train[i].id for i in idx)
+
+
+def realign_set(tasks, t, replay_ids, newest_full=False):
+    """The realignment data after step t: the replay set of every task before t, and task t's own replay set (or,
+    with newest_full, its whole training split, which is still at hand at step t)."""
+    newest = {s.id for s in tasks[t].train} if newest_full else set(replay_ids[tasks[t].name])
+    ids = {(task.name, sid) for task in tasks[:t] for sid in replay_ids[task.name]} | {(tasks[t].name, i) for i in newest}
+    return [s for task in tasks[:t + 1] for s in task.train if (task.name, s.id) in ids]
 
 
 def realign(model, replay, args, t):
@@ -166,10 +180,8 @@ def main(argv=None):
         reset_lora(model.llm, task_seed(args, t, 3))
         state["merges"].append((w, factors))
         state["replay_ids"][tasks[t].name] = draw_replay_ids(tasks[t], args.replay_ratio, task_seed(args, t, 2))
-        if not args.no_realign:                                       # replay: 10% of every seen task, by modality
-            ids = {(name, sid) for name, task_ids in state["replay_ids"].items() for sid in task_ids}
-            replay = [s for task in tasks[:t + 1] for s in task.train if (task.name, s.id) in ids]
-            realign(model, replay, args, t)
+        if not args.no_realign and not (args.no_realign_step1 and t == 0):   # replay: 10% of every seen task
+            realign(model, realign_set(tasks, t, state["replay_ids"], args.realign_newest_full), args, t)
         run.end_task(t, model, model.generate, extra=state)
     return run.finish()
 

@@ -11,8 +11,8 @@ task t > 0 the model after task t-1, frozen, is the teacher f_{t-1}; the student
     the CURRENT inputs x (current media) under type y''s instruction q once, at the start of task t:
         captioning: q = "describe the {modality}."          QA: q ~ question bank of the earlier QA tasks
         y_hat = f_{t-1}.generate(x, q)                        (greedy; the teacher is fixed during task t)
-    every batch B gets P = --pseudo-per-batch pseudo samples (x, q, y_hat), made from the media of B's first P
-    samples, and distilled from the teacher on their target tokens:
+    every batch B gets P = --pseudo-per-batch pseudo samples (x, q, y_hat), made from the media of B's last P
+    samples (pseudo captions) or first P (pseudo QA), as official, and distilled from the teacher on their targets:
         L_KD = T^2 KL( softmax(z_{t-1} / T) || softmax(z_t / T) )          over the pseudo samples' target tokens
   IKD (Instruction-based Knowledge Distillation), against forgetting of what the LLM can do without media:
     every step, --ikd-per-batch text-only instructions u (never a CL task) are run through teacher and student:
@@ -29,7 +29,8 @@ Deviations from the paper / official code (and why):
   - L_KD on the pseudo samples' target tokens only (SPEC 5); official: every position, prompt and padding included.
   - L_IKD: our text-only set has answers, so the answer is appended and every non-padding position is distilled
     (official: prompts only, padding included): the answer positions are what text-only accuracy measures.
-    Instructions are drawn without replacement within a step (official: with replacement).
+    8 instructions per step of 16 samples, the official 4 per step of 8 (same share of a batch), drawn without
+    replacement within a step (official: with replacement).
   - One setting for all steps and orders (official scripts set lambda, pseudo count, fusion factor and even PTGM
     on/off per step), so no per-step tuning: lambda = 1, 8 pseudo samples per batch of 16 (official 1/8 to 1/2),
     the official type-only PTGM rule; per-epoch LoRA fusion theta = (1 - a) theta_{t-1} + a theta off by default
@@ -131,12 +132,12 @@ def question_bank(tasks, t, modality):
 
 
 def make_pseudo(teacher, tasks, t, args):
-    """{sample id: [pseudo samples]}: each current training sample relabelled by the teacher once per task type
-    learned before t that differs from task t's. Same media / features, the other type's instruction."""
+    """{task type y': {sample id: pseudo sample}}: each current training sample relabelled by the teacher once per
+    task type learned before t that differs from task t's. Same media / features, the other type's instruction."""
     task = tasks[t]
     other = sorted(set().union(*[task_types(x) for x in tasks[:t]]) - task_types(task)) if t > 0 else []
     rng = np.random.default_rng(task_seed(args, t, 4))
-    pool = {s.id: [] for s in task.train}
+    pool = {}
     for y in other:
         if y == "cap":
             made = [dataclasses.replace(s, instruction=caption_instruction(s.modality), answers=None, references=None)
@@ -146,18 +147,19 @@ def make_pseudo(teacher, tasks, t, args):
             made = [dataclasses.replace(s, instruction=bank[int(rng.integers(len(bank)))], answers=[""],
                                         references=None) for s in task.train]
         targets = teacher.generate(made, batch_size=args.eval_batch_size)  # y_hat = f_{t-1}(x, q), once per task
-        for s, p, y_hat in zip(task.train, made, targets):
-            # the teacher's output is the pseudo target (MLLM._ids re-tokenises a sample whose text changed)
-            pool[s.id].append(dataclasses.replace(p, id=f"{s.id}/pseudo-{y}", target=y_hat,
-                                                  answers=None if p.answers is None else [y_hat]))
-    return pool if other else {}
+        # the teacher's output is the pseudo target (MLLM._ids re-tokenises a sample whose text changed)
+        pool[y] = {s.id: dataclasses.replace(p, id=f"{s.id}/pseudo-{y}", target=y_hat,
+                                             answers=None if p.answers is None else [y_hat])
+                   for s, p, y_hat in zip(task.train, made, targets)}
+    return pool
 
 
 def pseudo_for(samples, pool, k):
-    """Pseudo samples for a batch: the first k samples' media, cycling over the other task types."""
-    if not pool:
+    """Pseudo samples for a batch, from the media of its last k samples for pseudo captions and of its first k for
+    pseudo QA (as the official code picks them). A task has one type, so at most one other type is in the pool."""
+    if k == 0:
         return []
-    return [pool[s.id][i % len(pool[s.id])] for i, s in enumerate(samples[:k])]
+    return [made[s.id] for y, made in pool.items() for s in (samples[-k:] if y == "cap" else samples[:k])]
 
 
 def lora_fusion(model, teacher, a):
@@ -216,8 +218,7 @@ def main(argv=None):
             steps += 1
             if args.lora_fusion is not None and teacher is not None and (step + 1) % per_epoch == 0:
                 lora_fusion(model, teacher, args.lora_fusion)              # end of an epoch
-        kinds = sorted({p.id.rsplit("/pseudo-", 1)[1] for ps in pool.values() for p in ps})
-        print(f"task {t + 1} {task.name}: pseudo {kinds or '-'} | mean " +
+        print(f"task {t + 1} {task.name}: pseudo {sorted(pool) or '-'} | mean " +
               " ".join(f"{key} {v / max(steps, 1):.3f}" for key, v in sums.items()), flush=True)
         del teacher
         run.end_task(t, model, model.generate)

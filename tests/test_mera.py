@@ -128,8 +128,28 @@ def test_realign_changes_only_seen_projectors():
     assert all(p.requires_grad for n, p in m.llm.named_parameters() if "lora_" in n)     # LoRA trainable again
 
 
+def test_realign_set_replay_ids_and_newest_full():
+    mk = lambda name, n: C.Task(name, [C.Sample(f"{name}/{k}", "image", "q", "a", ["a"]) for k in range(n)], [])
+    tasks = [mk("image", 10), mk("video", 10), mk("audio", 10)]
+    ids = {"image": ["image/1", "image/4"], "video": ["video/0"], "audio": ["audio/7", "audio/9"]}
+    got = lambda t, full: [s.id for s in mera.realign_set(tasks, t, ids, full)]
+    assert got(1, False) == ["image/1", "image/4", "video/0"]                   # every seen task: its replay ids
+    assert got(2, False) == ["image/1", "image/4", "video/0", "audio/7", "audio/9"]
+    assert got(2, True) == ["image/1", "image/4", "video/0"] + [f"audio/{k}" for k in range(10)]   # newest: all
+    assert got(0, True) == [f"image/{k}" for k in range(10)]
+
+
+@pytest.mark.parametrize("flags,calls", [([], [0, 1, 2]), (["--no-realign-step1"], [1, 2]), (["--no-realign"], [])])
+def test_realign_calls_per_step(flags, calls, tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(mera, "realign", lambda model, replay, args, t: seen.append(t))
+    run_script("mera.py", tmp_path / "run", *SMOKE, "--max-steps", "1", *flags)
+    assert seen == calls
+
+
 @pytest.mark.parametrize("flags,name", [([], "mera"), (["--no-realign"], "mera-merge-only"),
-                                        (["--no-merge"], "mera-realign-only")])
+                                        (["--no-merge"], "mera-realign-only"),
+                                        (["--no-realign-step1", "--realign-newest-full"], "mera-skip1-newfull")])
 def test_ablation_run_names(flags, name):
     args = mera.get_args(["--scenario", "mcl"] + flags)
     assert args.run_name == name and args.output_dir.startswith(os.path.join("runs", name + "__mcl"))

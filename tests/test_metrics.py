@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from common import cider_d, cl_metrics, normalize_answer, qa_score, score_predictions, Sample
+from common import brg_steps, cider_d, cl_metrics, normalize_answer, qa_score, score_predictions, Sample
 
 
 def test_cider_d_hand_computed():
@@ -60,6 +60,9 @@ def test_cl_metrics_hand_computed():
     assert m["bwt"] == pytest.approx(-30.0)                       # ((40-80) + (70-90)) / 2
     assert m["forgetting"] == pytest.approx(30.0)                 # ((80-40) + (90-70)) / 2
     assert m["brg"] == pytest.approx(100 * (40 / 80 + 70 / 90) / 2)
+    # BRG after every step: step 2 keeps 60 / 80 of task 1, step 3 is the final BRG; their mean
+    assert brg_steps(R) == pytest.approx([75.0, 100 * (40 / 80 + 70 / 90) / 2])
+    assert m["brg_mean"] == pytest.approx((75.0 + 100 * (40 / 80 + 70 / 90) / 2) / 2)
 
 
 def test_cl_metrics_single_joint_row():

@@ -85,32 +85,35 @@ def test_pseudo_samples_use_current_media_and_earlier_type_instruction():
     tasks, _ = _tasks()
     assert M.make_pseudo(model, tasks, 0, ARGS) == {}                  # nothing learned before task 1
     pool = M.make_pseudo(model, tasks, 2, ARGS)                         # image-qa after cap + qa: captions only
-    assert all(len(ps) == 1 and ps[0].instruction == "describe the image." for ps in pool.values())
+    assert set(pool) == {"cap"} and all(p.instruction == "describe the image." for p in pool["cap"].values())
     # task 2 audio-qa after image-cap: pseudo captions of the audio clips, "describe the audio."
     pool = M.make_pseudo(model, tasks, 1, ARGS)
-    assert set(pool) == {s.id for s in tasks[1].train}
+    assert set(pool) == {"cap"} and set(pool["cap"]) == {s.id for s in tasks[1].train}
+    caps = pool["cap"]
     for s in tasks[1].train:
-        (p,) = pool[s.id]
+        p = caps[s.id]
         assert p.instruction == "describe the audio." and p.answers is None
         assert p.media == s.media and p.feat is s.feat and p.modality == "audio"
         assert p.id != s.id and s.instruction == "what colour ?"        # the current sample is left as it was
-    teacher_says = model.generate([pool[s.id][0] for s in tasks[1].train])
-    assert [pool[s.id][0].target for s in tasks[1].train] == teacher_says   # targets come from the teacher
+    teacher_says = model.generate([caps[s.id] for s in tasks[1].train])
+    assert [caps[s.id].target for s in tasks[1].train] == teacher_says   # targets come from the teacher
     # ... and so do the tokens the student is trained on (labels = teacher's words + </s>)
-    b = model.collate([pool[s.id][0] for s in tasks[1].train])
+    b = model.collate([caps[s.id] for s in tasks[1].train])
     for row, said in zip(b.labels, teacher_says):
         assert model.tok.decode(row[row != -100][:-1].tolist()).strip() == said.strip()
     # task 4 audio-cap after image-cap, audio-qa, image-qa: pseudo QA with the audio question bank
     pool = M.make_pseudo(model, tasks, 3, ARGS)
+    assert set(pool) == {"qa"}
     for s in tasks[3].train:
-        (p,) = pool[s.id]
+        p = pool["qa"][s.id]
         assert p.instruction == "what colour ?" and p.answers == [p.target] and p.feat is s.feat
     assert M.question_bank(tasks, 3, "audio") == ["what colour ?"]
-    # a batch gets pseudo samples made from its own first k samples
+    # a batch gets pseudo QA made from its own first k samples, pseudo captions from its last k (official)
     batch = tasks[3].train[1:]
-    got = M.pseudo_for(batch, pool, 2)
-    assert [p.media for p in got] == [s.media for s in batch[:2]]
-    assert M.pseudo_for(batch, {}, 2) == []
+    assert [p.media for p in M.pseudo_for(batch, pool, 2)] == [s.media for s in batch[:2]]
+    batch = tasks[1].train[1:]
+    assert [p.id for p in M.pseudo_for(batch, {"cap": caps}, 2)] == [caps[s.id].id for s in batch[-2:]]
+    assert M.pseudo_for(batch, {"cap": caps}, 0) == [] and M.pseudo_for(batch, {}, 2) == []
 
 
 def test_teacher_frozen_and_bit_identical_after_student_step():
