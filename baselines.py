@@ -254,7 +254,7 @@ def main(argv=None):
         seed_everything(task_seed(args, 0))
         data = [s for task in tasks for s in task.train]
         opt = make_optimizer(model, args)
-        for samples in batches(data, args, 0, desc="joint (all tasks)"):
+        for samples in batches(data, args, 0, desc="joint (all tasks)", opt=opt):
             train_step(model, opt, samples, args, method)
         run.end_task(0, model, model.generate)
         return run.finish()
@@ -263,7 +263,7 @@ def main(argv=None):
         seed_everything(task_seed(args, t))
         method.before_task(t)
         opt = make_optimizer(model, args)       # fresh optimiser state per task, as in sequential fine-tuning
-        for samples in batches(tasks[t].train, args, t, desc=f"task {t + 1}/{len(tasks)} {tasks[t].name}"):
+        for samples in batches(tasks[t].train, args, t, desc=f"task {t + 1}/{len(tasks)} {tasks[t].name}", opt=opt):
             train_step(model, opt, method.batch(samples), args, method)
         method.after_task(t)
         run.end_task(t, model, model.generate, extra=method.state)

@@ -85,6 +85,8 @@ def shared_parser(method, doc):
     g.add_argument("--max-steps", type=int, default=None, help="cap on optimiser steps per task (smoke tests)")
     g.add_argument("--batch-size", type=int, default=16)
     g.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate for LoRA and projectors")
+    g.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant",
+                   help="lr over each task's --epochs: constant, or cosine decay from --lr to 0")
     g.add_argument("--lora-r", type=int, default=16)
     g.add_argument("--lora-alpha", type=int, default=32)
     g.add_argument("--train-limit", type=int, default=None, help="use at most N training samples per task")
@@ -826,12 +828,15 @@ def check_finite(loss, where=None, flag="--lr"):
                         f"{float(torch.as_tensor(loss).detach().float().sum())})", flag)
 
 
-def batches(samples, args, t, desc=None, epochs=None):
-    """Shuffled mini-batches (lists of Samples) for task t, with a tqdm bar; respects --max-steps."""
+def batches(samples, args, t, desc=None, epochs=None, opt=None):
+    """Shuffled mini-batches (lists of Samples) for task t, with a tqdm bar; respects --max-steps. With `opt` (the
+    task's optimiser), its lr follows --lr-schedule over these steps k = 0..K-1: constant, or cosine
+        lr_k = lr_0 (1 + cos(pi k / K)) / 2          (lr_0: the lr the optimiser was made with)"""
     rng = np.random.default_rng(task_seed(args, t, 1))
     epochs = args.epochs if epochs is None else epochs
     per_epoch = math.ceil(len(samples) / args.batch_size)
     total = per_epoch * epochs if args.max_steps is None else min(per_epoch * epochs, args.max_steps)
+    cosine = opt is not None and args.lr_schedule == "cosine"
     bar = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
     step = 0
     for _ in range(epochs):
@@ -840,6 +845,9 @@ def batches(samples, args, t, desc=None, epochs=None):
             if step >= total:
                 bar.close()
                 return
+            if cosine:
+                for g in opt.param_groups:
+                    g["lr"] = g.setdefault("lr_0", g["lr"]) * (1 + math.cos(math.pi * step / total)) / 2
             _progress.update(desc=desc, step=step + 1)
             yield [samples[j] for j in perm[i:i + args.batch_size]]
             step += 1

@@ -151,7 +151,7 @@ def finetune(model, task, args, t, n_steps):
     lora = [p for n, p in model.llm.named_parameters() if "lora_" in n]
     params = lora + [p for m in sorted({s.modality for s in task.train}) for p in model.projectors[m].parameters()]
     opt = make_optimizer(model, args, params)
-    for samples in batches(task.train, args, t, desc=f"task {t + 1}/{n_steps} {task.name}"):
+    for samples in batches(task.train, args, t, desc=f"task {t + 1}/{n_steps} {task.name}", opt=opt):
         b = model.collate(samples).to(args.device)
         loss = ce_loss(model(b), b.labels)
         check_finite(loss)                                            # NaN / inf: stop, naming the step

@@ -211,7 +211,8 @@ def main(argv=None):
         opt = make_optimizer(model, args)    # fresh optimiser state per task, as in finetune
         per_epoch = math.ceil(len(task.train) / args.batch_size)
         sums, steps = {}, 0
-        for step, samples in enumerate(batches(task.train, args, t, desc=f"task {t + 1}/{len(tasks)} {task.name}")):
+        desc = f"task {t + 1}/{len(tasks)} {task.name}"
+        for step, samples in enumerate(batches(task.train, args, t, desc=desc, opt=opt)):
             texts = [text.train[i] for i in rng.choice(len(text.train), size=n_ikd, replace=False)] if n_ikd else []
             for key, v in train_step(model, teacher, opt, samples, pool, texts, args).items():
                 sums[key] = sums.get(key, 0.0) + v

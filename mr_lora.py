@@ -124,7 +124,8 @@ def train(model, projectors, name, data, args, t, epochs=None, lr=None, desc=Non
     for p in params:
         p.requires_grad_(True)
     opt = make_optimizer(model, args, params=params, lr=lr)   # fresh optimiser state per task
-    for samples in batches(data, args, t, desc=desc, epochs=epochs):
+    # the experts' --epochs follow --lr-schedule; the router keeps its own constant --router-lr
+    for samples in batches(data, args, t, desc=desc, epochs=epochs, opt=opt if epochs is None else None):
         b = model.collate(samples).to(args.device)
         loss = ce_loss(model(b), b.labels)
         check_finite(loss, desc, "--lr" if lr is None else "--router-lr")   # NaN / inf: stop, naming the step

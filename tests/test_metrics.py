@@ -67,3 +67,16 @@ def test_cl_metrics_hand_computed():
 
 def test_cl_metrics_single_joint_row():
     assert cl_metrics([[50, 70]]) == {"last": 60.0}
+
+
+def test_cosine_schedule_follows_the_formula_and_constant_leaves_lr_alone():
+    import math
+    from types import SimpleNamespace
+    import torch
+    from common import batches
+    args = SimpleNamespace(seed=0, batch_size=2, max_steps=None, epochs=2, lr_schedule="cosine")
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=0.5)
+    lrs = [opt.param_groups[0]["lr"] for _ in batches(list(range(5)), args, 0, opt=opt)]   # 3 steps x 2 epochs
+    assert lrs == pytest.approx([0.5 * (1 + math.cos(math.pi * k / 6)) / 2 for k in range(6)])
+    args.lr_schedule, opt.param_groups[0]["lr"] = "constant", 0.5
+    assert [opt.param_groups[0]["lr"] for _ in batches(list(range(5)), args, 0, opt=opt)] == [0.5] * 6
