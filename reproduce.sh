@@ -14,12 +14,12 @@ mkdir -p runs/logs
 # the tiny base and every seed's data are built once up front: runs side by side would race on cache/
 python - $SEEDS <<'EOF'
 import sys
-import common
+from data.load import synthetic_root
 from data.generate import TASKS, build
 from data.tiny import build_tiny
 build_tiny()                                                           # the shipped base, or built into cache/
 for s in map(int, sys.argv[1:]):
-    build(common.synthetic_root(s), sorted(TASKS), s)                  # where data_root() looks
+    build(synthetic_root(s), sorted(TASKS), s)                         # where data_root() looks
 EOF
 
 run() {   # run NAME SCENARIO ORDER SEED SCRIPT [FLAGS...]: one run, into runs/NAME__SCENARIO__orderORDER__seedSEED

@@ -33,7 +33,8 @@ from tqdm.auto import tqdm
 
 if __package__ in (None, ""):                     # `python data/tiny.py`: make the repository root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common import CACHE, MLLM, Sample, ce_loss   # noqa: E402
+from common import CACHE, MLLM, ce_loss
+from data.load import Sample   # noqa: E402
 
 SHIPPED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tiny_base")
 PARTS = ("llm", "image", "audio")

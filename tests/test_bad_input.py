@@ -49,6 +49,7 @@ import soundfile as sf
 from PIL import Image
 
 import common as C
+import data.load as L
 from conftest import ROOT, run_script
 from data import generate as G
 
@@ -137,7 +138,7 @@ def test_bad_manifest(tmp_path, rows, expect):
     p.write_bytes(b"".join((r if isinstance(r, bytes) else (r if isinstance(r, str) else json.dumps(r)).encode()) + b"\n"
                            for r in rows))
     with pytest.raises(C.UserError) as e:
-        C.read_manifest(str(p), "t")
+        L.read_manifest(str(p), "t")
     m = msg(e)
     assert m.startswith(f"error: {p}") and expect in m, m
 
@@ -145,7 +146,7 @@ def test_bad_manifest(tmp_path, rows, expect):
 def test_manifest_that_is_a_directory(tmp_path):
     (tmp_path / "train.jsonl").mkdir()
     with pytest.raises(C.UserError, match="is a directory, expected a JSONL manifest file"):
-        C.read_manifest(str(tmp_path / "train.jsonl"), "t")
+        L.read_manifest(str(tmp_path / "train.jsonl"), "t")
 
 
 def test_unusual_but_valid_manifest(tmp_path):
@@ -153,7 +154,7 @@ def test_unusual_but_valid_manifest(tmp_path):
     rows = [dict(GOOD, id=str(i), target=f"t{i}") for i in range(3)]
     write_lines(tmp_path / "plain.jsonl", rows)
     write_lines(tmp_path / "odd.jsonl", [rows[0], "", "   ", rows[1], "\t", rows[2]], encoding="utf-8-sig", end="\r\n")
-    plain, odd = (C.read_manifest(str(tmp_path / f), "t") for f in ("plain.jsonl", "odd.jsonl"))
+    plain, odd = (L.read_manifest(str(tmp_path / f), "t") for f in ("plain.jsonl", "odd.jsonl"))
     assert [(s.id, s.instruction, s.target, s.answers) for s in odd] == [(s.id, s.instruction, s.target, s.answers) for s in plain]
     assert [s.id for s in odd] == ["0", "1", "2"]
 
@@ -174,10 +175,10 @@ def test_bad_media(base_root, tmp_path):
     (tmp_path / "zero.wav").write_bytes(b"")
     sf.write(tmp_path / "empty.wav", np.zeros(0, np.float32), 16000)
     _audio_only_mp4(str(tmp_path / "audio_only.mp4"))
-    for load, name, expect in [(C.load_image, "truncated.png", "not a readable image"),
-                               (lambda p: C.load_audio(p, 16000), "zero.wav", "not a readable audio file"),
-                               (lambda p: C.load_audio(p, 16000), "empty.wav", "the audio file holds no samples"),
-                               (C.load_video, "audio_only.mp4", "has no video stream")]:
+    for load, name, expect in [(L.load_image, "truncated.png", "not a readable image"),
+                               (lambda p: L.load_audio(p, 16000), "zero.wav", "not a readable audio file"),
+                               (lambda p: L.load_audio(p, 16000), "empty.wav", "the audio file holds no samples"),
+                               (L.load_video, "audio_only.mp4", "has no video stream")]:
         with pytest.raises(C.UserError) as e:
             load(str(tmp_path / name))
         assert msg(e).startswith(f"error: {tmp_path / name}: {expect}")
@@ -194,12 +195,12 @@ def unusual_media(d):
 
 
 def test_unusual_but_valid_media_encode(tiny, tmp_path):
-    enc = C.Encoders(tiny["image"], tiny["audio"], "cpu")
-    shapes = {"image": C.IMAGE_TOKENS, "audio": C.AUDIO_TOKENS, "video": C.VIDEO_GROUPS * C.VIDEO_TOKENS}
+    enc = L.Encoders(tiny["image"], tiny["audio"], "cpu")
+    shapes = {"image": L.IMAGE_TOKENS, "audio": L.AUDIO_TOKENS, "video": L.VIDEO_GROUPS * L.VIDEO_TOKENS}
     for modality, names in unusual_media(str(tmp_path)).items():
         for f in enc(modality, [str(tmp_path / n) for n in names]):
             assert f.shape[0] == shapes[modality] and bool(f.isfinite().all())
-    assert C.load_video(str(tmp_path / "one_frame.mp4")).shape == (C.VIDEO_FRAMES, G.IMG, G.IMG, 3)
+    assert L.load_video(str(tmp_path / "one_frame.mp4")).shape == (L.VIDEO_FRAMES, G.IMG, G.IMG, 3)
 
 
 # ---------------------------------------------------------------------------------------------- flags
@@ -237,7 +238,7 @@ def test_output_dir_that_is_a_file(tmp_path):
     assert msg(e) == f"error: --output-dir {tmp_path / 'f'}: is a file, not a folder"
     args = SimpleNamespace(output_dir=str(tmp_path / "f"), resume=False)
     with pytest.raises(C.UserError, match="is a file, not a folder"):           # Run checks it too
-        C.Run(args, [C.Task("t", [], [])], C.Task("text", [], []))
+        C.Run(args, [L.Task("t", [], [])], L.Task("text", [], []))
     assert (tmp_path / "f").read_text() == "x"
 
 
@@ -245,12 +246,12 @@ def test_data_root_missing_a_task(root):
     shutil.rmtree(os.path.join(root, "video-qa"))
     import baselines
     with pytest.raises(C.UserError) as e:
-        C.load_tasks(baselines.get_args(["--data-root", root]))
+        L.load_tasks(baselines.get_args(["--data-root", root]))
     assert msg(e) == (f"error: --data-root {root}: no folder video-qa/ for task 'video-qa' of the task sequence "
                       f"(expected <data-root>/video-qa/{{train,test}}.jsonl; convert with python -m data.convert)")
     os.makedirs(os.path.join(root, "video-qa"))                # the folder without its manifests
     with pytest.raises(C.UserError) as e:
-        C.load_tasks(baselines.get_args(["--data-root", root]))
+        L.load_tasks(baselines.get_args(["--data-root", root]))
     assert msg(e) == f"error: {root}/video-qa/train.jsonl: manifest not found (expected <data-root>/<task>/{{train,test}}.jsonl)"
 
 
@@ -294,19 +295,19 @@ def spoilt_models(tiny, tmp_path_factory):
 def test_model_flag_that_names_no_such_model(tiny, spoilt_models, flag, kind, which, expect):
     path = tiny[which] if which in tiny else str(spoilt_models / which)
     with pytest.raises(C.UserError) as e:
-        C.check_model_dir(path, flag, kind)
+        L.check_model_dir(path, flag, kind)
     assert msg(e).startswith(f"error: {flag} {path}: ") and expect in msg(e)
     with pytest.raises(C.UserError) as e:      # the loaders check too, before from_pretrained
-        C.load_llm(path, "cpu") if kind == "llm" else C.Encoders(*((path, tiny["audio"]) if kind == "image" else (tiny["image"], path)), "cpu")
+        L.load_llm(path, "cpu") if kind == "llm" else L.Encoders(*((path, tiny["audio"]) if kind == "image" else (tiny["image"], path)), "cpu")
     assert expect in msg(e)
 
 
 def test_real_model_folders_and_hub_ids_pass(tiny):
     for kind in ("llm", "image", "audio"):
-        C.check_model_dir(tiny[kind], "--x", kind)
-    C.check_model_dir("Qwen/Qwen2.5-0.5B", "--llm", "llm")        # a hub id: left to from_pretrained (as before)
+        L.check_model_dir(tiny[kind], "--x", kind)
+    L.check_model_dir("Qwen/Qwen2.5-0.5B", "--llm", "llm")        # a hub id: left to from_pretrained (as before)
     with pytest.raises(C.UserError, match="--llm /no/such/model: path does not exist"):
-        C.check_model_dir("/no/such/model", "--llm", "llm")
+        L.check_model_dir("/no/such/model", "--llm", "llm")
 
 
 # ---------------------------------------------------------------------------------------------- whole script
@@ -363,4 +364,4 @@ def test_unusual_input_runs_then_a_truncated_checkpoint_is_refused(root, tmp_pat
     (out / "state.json").write_text(state[:len(state) // 2])
     args = SimpleNamespace(output_dir=str(out), resume=True, fingerprint={})
     with pytest.raises(C.UserError, match=r"--resume: .*state\.json is not a readable run state"):
-        C.Run(args, [C.Task(t, [], []) for t in TASKS], C.Task("text", [], []))
+        C.Run(args, [L.Task(t, [], []) for t in TASKS], L.Task("text", [], []))

@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-from common import ROOT, read_manifest
+from common import ROOT
+from data.load import read_manifest
 from data import convert
 import fixtures as FX
 
@@ -124,7 +125,7 @@ def test_converts_official_layout_exactly(tmp_path, capsys, dataset):
 
 
 def test_media_are_readable_by_the_loaders(tmp_path):
-    from common import load_audio, load_image, load_video
+    from data.load import load_audio, load_image, load_video
     for dataset, load in (("okvqa", load_image), ("msrvtt", load_video), ("msvd-qa", load_video),
                           ("audiocaps", lambda p: load_audio(p, 16000)), ("clotho-aqa", lambda p: load_audio(p, 16000))):
         _, out = convert_ok(tmp_path / dataset, dataset)

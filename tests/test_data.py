@@ -7,7 +7,8 @@ import sys
 import numpy as np
 import pytest
 
-from common import ROOT, UserError, load_audio, load_image, load_video, read_manifest
+from common import ROOT, UserError
+from data.load import load_audio, load_image, load_video, read_manifest
 from data import generate as G
 
 
@@ -120,7 +121,8 @@ def test_cli_bad_flags_one_line(flags, expect, tmp_path):
 def test_val_split_holds_out_training_samples(tmp_path):
     """--val: the last training samples (as many as the test split, at most a fifth) become the evaluation split;
     test samples are never used."""
-    from common import load_tasks, parse_args, shared_parser
+    from common import parse_args, shared_parser
+    from data.load import load_tasks
     root = str(tmp_path)
     for t in ["dcl-rs", "dcl-med", "dcl-ad", "dcl-sci", "dcl-fin"]:
         G.write_task(root, t, seed=0, sizes={"train": 10, "test": 2})
@@ -157,7 +159,7 @@ def test_feature_cache_is_keyed_by_pooling(tmp_path, monkeypatch):
     (a stale cache would silently feed old-shaped features)."""
     import torch
 
-    import common
+    import data.load
 
     class FakeEncoders:
         name = "fake|fake"
@@ -165,19 +167,19 @@ def test_feature_cache_is_keyed_by_pooling(tmp_path, monkeypatch):
 
         def __call__(self, modality, medias):
             FakeEncoders.calls += 1
-            return [torch.zeros(common.IMAGE_TOKENS, 2) for _ in medias]
+            return [torch.zeros(data.load.IMAGE_TOKENS, 2) for _ in medias]
 
     def tasks():
-        s = [common.Sample(f"x{i}", "image", "describe the image.", "a", media=f"/m/{i}.png") for i in range(3)]
-        return [common.Task("image-cap", s[:2], s[2:])]
+        s = [data.load.Sample(f"x{i}", "image", "describe the image.", "a", media=f"/m/{i}.png") for i in range(3)]
+        return [data.load.Task("image-cap", s[:2], s[2:])]
 
-    common.encode_samples(FakeEncoders(), tasks(), cache_dir=str(tmp_path))
-    common.encode_samples(FakeEncoders(), tasks(), cache_dir=str(tmp_path))
+    data.load.encode_samples(FakeEncoders(), tasks(), cache_dir=str(tmp_path))
+    data.load.encode_samples(FakeEncoders(), tasks(), cache_dir=str(tmp_path))
     assert FakeEncoders.calls == 1, "same encoders and media: features must come from the cache"
-    n = common.IMAGE_TOKENS // 4
-    monkeypatch.setattr(common, "IMAGE_TOKENS", n)
+    n = data.load.IMAGE_TOKENS // 4
+    monkeypatch.setattr(data.load, "IMAGE_TOKENS", n)
     t = tasks()
-    common.encode_samples(FakeEncoders(), t, cache_dir=str(tmp_path))
+    data.load.encode_samples(FakeEncoders(), t, cache_dir=str(tmp_path))
     assert FakeEncoders.calls == 2 and t[0].train[0].feat.shape == (n, 2)
 
 

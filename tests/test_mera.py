@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import common as C
+import data.load as L
 import mera
 from data.tiny import _build_tokenizer
 from conftest import kill_and_resume, run_script, same_results
@@ -86,7 +87,7 @@ def test_full_weight_merge_reproduces_the_live_lora():
     with peft's own scaling (alpha / r), not B @ A alone."""
     m = _tiny_mllm()
     _random_lora(m, seed=7)
-    b = m.collate([C.Sample("a0", "audio", "what colour are the shapes?", "red", ["red"], feat=torch.randn(4, 8))])
+    b = m.collate([L.Sample("a0", "audio", "what colour are the shapes?", "red", ["red"], feat=torch.randn(4, 8))])
     with torch.no_grad():
         live = m(b)
         mera.merge_into_base(m.llm, mera.lora_factors(m.llm), 1.0)
@@ -114,7 +115,7 @@ def test_realign_changes_only_seen_projectors():
     m = _tiny_mllm()
     _random_lora(m, seed=3)                            # non-zero LoRA: it must stay frozen too
     g = torch.Generator().manual_seed(0)
-    replay = [C.Sample(f"{mod}{k}", mod, "what colour are the shapes?", "red", ["red"], feat=torch.randn(4, 8, generator=g))
+    replay = [L.Sample(f"{mod}{k}", mod, "what colour are the shapes?", "red", ["red"], feat=torch.randn(4, 8, generator=g))
               for mod in ("image", "audio") for k in range(6)]
     before = {n: p.detach().clone() for n, p in m.named_parameters()}
     args = SimpleNamespace(seed=0, batch_size=4, max_steps=None, epochs=1, realign_epochs=2, realign_lr=1e-2, device="cpu")
@@ -129,7 +130,7 @@ def test_realign_changes_only_seen_projectors():
 
 
 def test_realign_set_replay_ids_and_newest_full():
-    mk = lambda name, n: C.Task(name, [C.Sample(f"{name}/{k}", "image", "q", "a", ["a"]) for k in range(n)], [])
+    mk = lambda name, n: L.Task(name, [L.Sample(f"{name}/{k}", "image", "q", "a", ["a"]) for k in range(n)], [])
     tasks = [mk("image", 10), mk("video", 10), mk("audio", 10)]
     ids = {"image": ["image/1", "image/4"], "video": ["video/0"], "audio": ["audio/7", "audio/9"]}
     got = lambda t, full: [s.id for s in mera.realign_set(tasks, t, ids, full)]

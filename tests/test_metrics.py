@@ -3,7 +3,8 @@ import math
 
 import pytest
 
-from common import brg_steps, cider_d, cl_metrics, normalize_answer, qa_score, score_predictions, Sample
+from common import brg_steps, cider_d, cl_metrics, normalize_answer, qa_score, score_predictions
+from data.load import Sample
 
 
 def test_cider_d_hand_computed():

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import common as C
+import data.load as L
 from data import generate as G
 from data.tiny import _build_tokenizer
 
@@ -42,19 +43,19 @@ def media(tmp_path_factory):
 
 
 def _model(hf_dir):
-    llm, tok = C.load_llm(str(hf_dir / "llm"), "cpu")
+    llm, tok = L.load_llm(str(hf_dir / "llm"), "cpu")
     return C.MLLM(llm, tok, {"image": 32, "video": 32, "audio": 32})
 
 
 def test_hf_encoders_load_and_encode(hf_dir, media):
-    enc = C.Encoders(str(hf_dir / "clip"), str(hf_dir / "whisper"), "cpu")
+    enc = L.Encoders(str(hf_dir / "clip"), str(hf_dir / "whisper"), "cpu")
     assert enc.dims == {"image": 32, "video": 32, "audio": 32}
     img = enc("image", [f"{media}/image-qa/media/train_0000.png"])[0]
     vid = enc("video", [f"{media}/video-qa/media/train_0000.mp4"])[0]
     aud = enc("audio", [f"{media}/audio-cap/media/train_0000.wav", f"{media}/audio-cap/media/train_0001.wav"])
-    assert img.shape == (C.IMAGE_TOKENS, 32)
-    assert vid.shape == (C.VIDEO_GROUPS * C.VIDEO_TOKENS, 32)
-    assert len(aud) == 2 and aud[0].shape == (C.AUDIO_TOKENS, 32)
+    assert img.shape == (L.IMAGE_TOKENS, 32)
+    assert vid.shape == (L.VIDEO_GROUPS * L.VIDEO_TOKENS, 32)
+    assert len(aud) == 2 and aud[0].shape == (L.AUDIO_TOKENS, 32)
     assert not torch.allclose(aud[0], aud[1])
 
 
@@ -64,22 +65,22 @@ def test_half_precision_encoder_checkpoint_runs_in_fp32(hf_dir, media, tmp_path)
     ASTModel(ASTConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, max_length=64,
                        num_mel_bins=32)).to(torch.bfloat16).save_pretrained(tmp_path / "ast")
     ASTFeatureExtractor(num_mel_bins=32, max_length=64).save_pretrained(tmp_path / "ast")
-    enc = C.Encoders(str(hf_dir / "clip"), str(tmp_path / "ast"), "cpu")
+    enc = L.Encoders(str(hf_dir / "clip"), str(tmp_path / "ast"), "cpu")
     aud = enc("audio", [f"{media}/audio-cap/media/train_0000.wav"])[0]
-    assert aud.dtype == torch.float32 and aud.shape == (C.AUDIO_TOKENS, 32) and torch.isfinite(aud).all()
+    assert aud.dtype == torch.float32 and aud.shape == (L.AUDIO_TOKENS, 32) and torch.isfinite(aud).all()
 
 
 def test_missing_paths_are_user_errors(tmp_path):
     with pytest.raises(C.UserError, match="--llm /no/such/model: path does not exist"):
-        C.load_llm("/no/such/model", "cpu")
+        L.load_llm("/no/such/model", "cpu")
     with pytest.raises(C.UserError, match="--image-encoder"):
-        C.Encoders(str(tmp_path), str(tmp_path), "cpu")
+        L.Encoders(str(tmp_path), str(tmp_path), "cpu")
 
 
 def test_collate_masks_prompt_and_places_media(hf_dir):
     m = _model(hf_dir)
-    s = C.Sample("1", "image", "what colour are the shapes?", "red", ["red"], feat=torch.randn(16, 32))
-    t = C.Sample("2", "text", "what is one plus one ?", "two", ["two"])
+    s = L.Sample("1", "image", "what colour are the shapes?", "red", ["red"], feat=torch.randn(16, 32))
+    t = L.Sample("2", "text", "what is one plus one ?", "two", ["two"])
     b = m.collate([s, t])
     assert b.media_mask[0].sum() == 16 and b.media_mask[1].sum() == 0
     # only the target words + </s> are supervised, and they are the last tokens (left padding)
@@ -92,7 +93,7 @@ def test_collate_masks_prompt_and_places_media(hf_dir):
 def test_token_cache_follows_the_text(hf_dir):
     """A sample relabelled after it was tokenised (MoInCL's pseudo targets) must train on its new target."""
     m = _model(hf_dir)
-    s = C.Sample("1", "text", "what is one plus one ?", "two", ["two"])
+    s = L.Sample("1", "text", "what is one plus one ?", "two", ["two"])
     m.collate([s], with_target=False)
     s.target = "three"
     lab = m.collate([s]).labels[0]
@@ -102,7 +103,7 @@ def test_token_cache_follows_the_text(hf_dir):
 def test_lora_zero_init_is_identity_then_trains(hf_dir):
     from types import SimpleNamespace
     m = _model(hf_dir)
-    s = [C.Sample("1", "audio", "describe the audio.", "one low pure steady tone", feat=torch.randn(16, 32))]
+    s = [L.Sample("1", "audio", "describe the audio.", "one low pure steady tone", feat=torch.randn(16, 32))]
     b = m.collate(s)
     before = m(b)
     C.add_lora(m, SimpleNamespace(lora_r=4, lora_alpha=8))
@@ -119,21 +120,21 @@ def test_lora_zero_init_is_identity_then_trains(hf_dir):
 def test_train_mode_does_not_depend_on_generate(hf_dir):
     m = _model(hf_dir)                                        # from_pretrained returns the LLM in eval mode
     assert all(mod.training for mod in m.modules())
-    m.generate([C.Sample("1", "image", "what shape are they?", "circle", ["circle"], feat=torch.randn(16, 32))],
+    m.generate([L.Sample("1", "image", "what shape are they?", "circle", ["circle"], feat=torch.randn(16, 32))],
                max_new_tokens=2)
     assert all(mod.training for mod in m.modules())
 
 
 def test_generate_returns_strings(hf_dir):
     m = _model(hf_dir)
-    s = [C.Sample(str(i), "image", "what shape are they?", "circle", ["circle"], feat=torch.randn(16, 32)) for i in range(3)]
+    s = [L.Sample(str(i), "image", "what shape are they?", "circle", ["circle"], feat=torch.randn(16, 32)) for i in range(3)]
     out = m.generate(s, max_new_tokens=4)
     assert len(out) == 3 and all(isinstance(o, str) for o in out)
 
 
 def test_pool_tokens_keeps_time_order():
     h = torch.arange(8.0)[:, None, None].expand(8, 65, 4)        # frame index as the feature, CLS + 8x8 grid
-    p = C.pool_tokens(h, 4, 9)
+    p = L.pool_tokens(h, 4, 9)
     assert p.shape == (36, 4)
     assert p[::9, 0].tolist() == [0.5, 2.5, 4.5, 6.5]            # 4 time groups of 2 frames, in order
 

@@ -8,7 +8,8 @@ import torch
 
 import moincl as M
 from conftest import kill_and_resume, run_script, same_results, tiny_mllm
-from common import Sample, Task, add_lora, make_optimizer
+from common import add_lora, make_optimizer
+from data.load import Sample, Task
 
 
 def _tiny_model():

@@ -10,7 +10,8 @@ import torch
 
 import mr_lora as M
 from conftest import kill_and_resume, run_script, same_results, tiny_mllm
-from common import ORDERS, Sample, Task, add_lora, load_image, read_manifest
+from common import ORDERS, add_lora
+from data.load import Sample, Task, load_image, read_manifest
 from data import generate as G
 
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import common as C
+import data.load as L
 from conftest import run_script
 from data import generate as G
 
@@ -26,7 +27,7 @@ def test_vqa_accuracy_hand_computed():
 
 
 def test_score_uses_vqa_accuracy_only_with_annotators():
-    mk = lambda answers, annotators=None: C.Sample("x", "image", "q?", answers[0], answers, annotators=annotators)
+    mk = lambda answers, annotators=None: L.Sample("x", "image", "q?", answers[0], answers, annotators=annotators)
     samples = [mk(["dog", "puppy"]), mk(["dog", "cat"], ["dog", "cat", "cat", "cat"])]
     # sample 1: exact match against a synonym list -> 100; sample 2: 1 of 4 annotators said dog -> 33.3
     assert C.score_predictions(samples, ["puppy", "dog"]) == pytest.approx((100 + 100 / 3) / 2)
@@ -39,11 +40,11 @@ def test_manifest_annotators(tmp_path):
     row = {"modality": "image", "media": str(img), "instruction": "what?", "target": "dog", "answers": ["dog", "cat"],
            "annotators": ["dog", "dog", "cat"]}
     (tmp_path / "ok.jsonl").write_text(json.dumps(row) + "\n")
-    assert C.read_manifest(str(tmp_path / "ok.jsonl"), "t")[0].annotators == ["dog", "dog", "cat"]
+    assert L.read_manifest(str(tmp_path / "ok.jsonl"), "t")[0].annotators == ["dog", "dog", "cat"]
     for bad in ({"annotators": "dog"}, {"annotators": []}, {"answers": None}):
         (tmp_path / "bad.jsonl").write_text(json.dumps({k: v for k, v in dict(row, **bad).items() if v is not None}) + "\n")
         with pytest.raises(SystemExit, match="bad.jsonl:1: 'annotators'"):
-            C.read_manifest(str(tmp_path / "bad.jsonl"), "t")
+            L.read_manifest(str(tmp_path / "bad.jsonl"), "t")
 
 
 # ---------------------------------------------------------------------------------------------- media
@@ -52,7 +53,7 @@ def test_jpeg_and_avi_and_mp4(tmp_path):
     from PIL import Image
     frames = [np.full((32, 48, 3), 20 * i, np.uint8) for i in range(10)]
     Image.fromarray(frames[5]).save(tmp_path / "x.jpg", quality=95)
-    assert C.load_image(str(tmp_path / "x.jpg")).shape == (32, 48, 3)
+    assert L.load_image(str(tmp_path / "x.jpg")).shape == (32, 48, 3)
     for ext, codec in (("avi", "mpeg4"), ("mp4", "libx264")):
         with av.open(str(tmp_path / f"v.{ext}"), "w") as c:
             st = c.add_stream(codec, rate=10)
@@ -60,8 +61,8 @@ def test_jpeg_and_avi_and_mp4(tmp_path):
             for f in frames:
                 c.mux(st.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
             c.mux(st.encode())
-        v = C.load_video(str(tmp_path / f"v.{ext}"))
-        assert v.shape == (C.VIDEO_FRAMES, 32, 48, 3)
+        v = L.load_video(str(tmp_path / f"v.{ext}"))
+        assert v.shape == (L.VIDEO_FRAMES, 32, 48, 3)
         assert v[0].mean() < 15 and v[-1].mean() > 160            # first and last frame, in order
 
 
@@ -72,7 +73,7 @@ def test_stereo_audio_at_release_rates_is_resampled(tmp_path, sr, fmt):
     tone = 0.5 * np.sin(2 * np.pi * 440 * t)
     alias = 0.5 * np.sin(2 * np.pi * 12000 * t)          # above 8 kHz: must not fold into the 16 kHz signal
     sf.write(tmp_path / f"a.{fmt.lower()}", np.stack([tone + alias, tone], 1), sr, format=fmt)
-    wav = C.load_audio(str(tmp_path / f"a.{fmt.lower()}"), 16000)
+    wav = L.load_audio(str(tmp_path / f"a.{fmt.lower()}"), 16000)
     assert wav.dtype == np.float32 and wav.shape == (8000,)                # mono, 0.5 s at 16 kHz
     spec = np.abs(np.fft.rfft(wav))
     assert np.argmax(spec) == 220                                           # 440 Hz (bins of 2 Hz)
@@ -96,7 +97,7 @@ def _chat_model(template=TEMPLATE):
 
 def test_chat_template_prompt_and_labels():
     m = _chat_model()
-    s = C.Sample("1", "image", "what colour ?", "red", ["red"], feat=torch.zeros(3, 8))
+    s = L.Sample("1", "image", "what colour ?", "red", ["red"], feat=torch.zeros(3, 8))
     b = m.collate([s])
     words = m.tok.convert_ids_to_tokens(b.input_ids[0].tolist())
     k = words.index("image")
@@ -115,7 +116,7 @@ def test_chat_template_prompt_and_labels():
 def test_chat_template_that_does_not_end_with_eos_is_refused():
     m = _chat_model(TEMPLATE.replace(" </s> ", " "))
     with pytest.raises(SystemExit, match="--chat-template"):
-        m.collate([C.Sample("1", "text", "what colour ?", "red", ["red"])])
+        m.collate([L.Sample("1", "text", "what colour ?", "red", ["red"])])
 
 
 def test_chat_template_flag_without_template_is_one_line(tmp_path):

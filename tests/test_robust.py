@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import common as C
+import data.load as L
 from conftest import ROOT, run_script, same_results, tiny_mllm
 
 NAMES = ["audio-cap", "image-cap", "video-qa"]                               # finetune over three tasks
@@ -121,9 +122,9 @@ def _tiny_run(tmp_path):
     words = ["what", "colour", "red", "blue", "answer:", "image:"]
     model = tiny_mllm(words, {"image": 8})
     C.add_lora(model, type("A", (), {"lora_r": 2, "lora_alpha": 4})())
-    s = lambda i: C.Sample(str(i), "image", "what colour", "red", ["red"], feat=torch.randn(4, 8), task="t")
-    tasks = [C.Task("t", [s(0), s(1)], [s(2)]), C.Task("u", [s(3)], [s(4)])]
-    text = C.Task("text", [], [C.Sample("x", "text", "what colour", "red", ["red"])])
+    s = lambda i: L.Sample(str(i), "image", "what colour", "red", ["red"], feat=torch.randn(4, 8), task="t")
+    tasks = [L.Task("t", [s(0), s(1)], [s(2)]), L.Task("u", [s(3)], [s(4)])]
+    text = L.Task("text", [], [L.Sample("x", "text", "what colour", "red", ["red"])])
     args = type("A", (), {"output_dir": str(tmp_path / "run"), "resume": False, "fingerprint": {"llm": "x"},
                           "lr": 1e-3, "device": "cpu"})()
     return C.Run(args, tasks, text), model, args
@@ -216,7 +217,7 @@ def test_lock_is_per_folder_and_released(tmp_path):
     (tmp_path / "run" / ".lock").write_text("pid 999999: a process that is gone\n")
     args = SimpleNamespace(output_dir=str(tmp_path / "run"), resume=False, fingerprint={})
     C.probe_lock(args.output_dir)                                        # stale: passes
-    tasks = [C.Task("t", [], [])]
+    tasks = [L.Task("t", [], [])]
     old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     run = C.Run(args, tasks, tasks[0])
     assert signal.getsignal(signal.SIGTERM) == run._on_signal

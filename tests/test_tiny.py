@@ -25,8 +25,8 @@ def test_shipped_key_is_the_builders_key_for_the_default():
 def test_shipped_parts_load_with_the_builders_vocabulary_and_configs():
     from transformers import AutoFeatureExtractor, AutoImageProcessor, AutoModel
 
-    import common
-    llm, tok = common.load_llm(shipped("llm"), "cpu")
+    import data.load
+    llm, tok = data.load.load_llm(shipped("llm"), "cpu")
     assert tok.get_vocab() == tiny._build_tokenizer(vocabulary()).get_vocab(), STALE
     assert llm.config.vocab_size == len(tok)
     image, audio = AutoModel.from_pretrained(shipped("image")), AutoModel.from_pretrained(shipped("audio"))

@@ -1,6 +1,6 @@
 """Training and generation throughput and peak GPU memory of one LLM through common.build_model (bf16 base, fp32
 LoRA and projectors on cuda): per task, 3 warm-up + STEPS timed AdamW steps on one batch of BS samples, then greedy
-generation on 64 test samples of each captioning task. Image tokens follow common.IMAGE_TOKENS.
+generation on 64 test samples of each captioning task. Image tokens follow data.load.IMAGE_TOKENS.
 
     BS=16 STEPS=10 python tools/gpu_bench.py /tmp/m qwen2.5-0.5b out.json     # folders from real_size_models.py
 """
@@ -10,6 +10,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import baselines, common
+import data.load
 root, name, out = sys.argv[1:4]
 cuda = torch.cuda.is_available()
 sync = torch.cuda.synchronize if cuda else (lambda: None)
@@ -21,7 +22,7 @@ args = baselines.get_args(["--method", "finetune", "--order", "1", "--llm", f"{r
                            "--output-dir", f"/tmp/bench-{name}"])
 model, tasks, text = common.build_model(args)
 common.add_lora(model, args)
-r = {"llm": name, "image_tokens": common.IMAGE_TOKENS, "build_s (encode + load)": round(time.time() - t0, 1),
+r = {"llm": name, "image_tokens": data.load.IMAGE_TOKENS, "build_s (encode + load)": round(time.time() - t0, 1),
      "llm_params_b": round(sum(p.numel() for p in model.llm.parameters()) / 1e9, 3),
      "trainable_m": round(sum(p.numel() for p in common.trainable(model)) / 1e6, 2),
      "device": torch.cuda.get_device_name(0) if cuda else "cpu"}

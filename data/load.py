@@ -1,0 +1,431 @@
+"""Inputs of a run: task manifests, media decoding, the frozen encoders and their cached features, and the LLM.
+
+    manifest line -> Sample -> media file decoded (PNG / JPEG, WAV / FLAC, MP4 / AVI) -> frozen encoder -> pooled
+    features (K, D_enc) on sample.feat, computed once per media file and cached on disk
+
+Model flags (--llm / --image-encoder / --audio-encoder) are checked here before anything loads (check_model_dir):
+a wrong path, a folder holding another kind of model or a half-downloaded checkpoint is one line, not a traceback.
+common.build_model calls load_tasks, Encoders, encode_samples and load_llm; nothing here knows about a CL method.
+"""
+import hashlib
+import json
+import math
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from common import CACHE, UserError, _first_line, atomic_save
+
+
+# ================================================================================================== task manifests
+@dataclass
+class Sample:
+    id: str
+    modality: str                     # image | audio | video | text
+    instruction: str
+    target: str
+    answers: list | None = None      # QA: accepted answers -> exact-match metric; None -> captioning (CIDEr-D)
+    media: str | None = None         # absolute path
+    feat: torch.Tensor | None = None  # pooled frozen-encoder features (K, D_enc), filled by encode_samples
+    task: str = ""
+    _ids: tuple | None = field(default=None, repr=False)  # cached token ids, see MLLM._ids
+    references: list | None = None    # captioning: all reference captions for CIDEr-D (default [target])
+    annotators: list | None = None    # QA: every annotator's answer (repeats kept) -> VQA accuracy instead of exact match
+
+
+@dataclass
+class Task:
+    name: str
+    train: list
+    test: list
+
+    @property
+    def modality(self):
+        return self.train[0].modality
+
+    @property
+    def kind(self):
+        """'qa', 'cap', or 'mixed' (a step that mixes captioning and QA, as in MERA's setting)."""
+        kinds = {s.answers is not None for s in self.train}
+        return "mixed" if len(kinds) > 1 else ("qa" if kinds == {True} else "cap")
+
+
+MODALITIES = ("image", "audio", "video", "text")
+
+
+def read_manifest(path, task):
+    """Read one JSONL manifest; every problem is reported as `file:line: what was expected`. A UTF-8 BOM and blank
+    lines are fine; ids must be unique within a manifest (methods key samples by id)."""
+    if not os.path.exists(path):
+        raise UserError(f"{path}: manifest not found (expected <data-root>/<task>/{{train,test}}.jsonl)")
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: is a directory, expected a JSONL manifest file")
+    base = os.path.dirname(os.path.abspath(path))
+    out, seen = [], {}
+    with open(path, "rb") as f:                  # bytes: a line that is not UTF-8 is reported with its number
+        for ln, line in enumerate(f, 1):
+            try:
+                line = line.decode("utf-8-sig" if ln == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise UserError(f"{path}:{ln}: not UTF-8 text ({e.reason} at byte {e.start})")
+            if not line.strip():
+                continue
+            where = f"{path}:{ln}"
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{where}: not valid JSON ({e.msg})")
+            if not isinstance(r, dict):
+                raise UserError(f"{where}: expected a JSON object")
+            for key in ("modality", "instruction", "target"):
+                if not isinstance(r.get(key), str) or not r[key].strip():
+                    raise UserError(f"{where}: missing or empty {key!r} (a non-empty string is expected)")
+            if r["modality"] not in MODALITIES:
+                raise UserError(f"{where}: unknown modality {r['modality']!r}; expected one of {list(MODALITIES)}")
+            sid = r.get("id", f"{task}/{ln}")
+            if isinstance(sid, bool) or not isinstance(sid, (str, int)) or not str(sid).strip():
+                raise UserError(f"{where}: 'id' must be a non-empty string or an integer, got {sid!r}")
+            if str(sid) in seen:
+                raise UserError(f"{where}: duplicate id {str(sid)!r} (first on line {seen[str(sid)]}); ids must be unique")
+            seen[str(sid)] = ln
+            media = r.get("media")
+            if r["modality"] != "text":
+                if not isinstance(media, str) or not media.strip():
+                    raise UserError(f"{where}: a {r['modality']} sample needs a 'media' path")
+                media = media if os.path.isabs(media) else os.path.join(base, media)
+                if not os.path.exists(media):
+                    raise UserError(f"{where}: media file {media} does not exist")
+                if not os.path.isfile(media):
+                    raise UserError(f"{where}: media path {media} is a directory, not a file")
+            answers = r.get("answers")
+            if answers is not None and (not isinstance(answers, list) or not answers or not all(isinstance(a, str) for a in answers)):
+                raise UserError(f"{where}: 'answers' must be a non-empty list of strings")
+            lists = {}
+            for key in ("references", "annotators"):
+                v = lists[key] = r.get(key)
+                if v is not None and (not isinstance(v, list) or not v or not all(isinstance(a, str) for a in v)):
+                    raise UserError(f"{where}: {key!r} must be a non-empty list of strings")
+            if lists["annotators"] is not None and answers is None:
+                raise UserError(f"{where}: 'annotators' is for QA samples, which also need 'answers'")
+            out.append(Sample(str(sid), r["modality"], r["instruction"], r["target"], answers, media, task=task,
+                              references=lists["references"], annotators=lists["annotators"]))
+    if not out:
+        raise UserError(f"{path}: the manifest has no samples (empty task)")
+    return out
+
+
+def synthetic_root(seed):
+    """Folder of the synthetic benchmark drawn with `seed` (generated there on first use)."""
+    return os.path.join(CACHE, "data", f"seed{seed}")
+
+
+def data_root(args):
+    """--data-root (every task folder checked), or the synthetic benchmark for --seed (generated on first use)."""
+    if args.data_root is not None:
+        if not os.path.isdir(args.data_root):
+            raise UserError(f"--data-root {args.data_root}: not a directory")
+        for n in args.task_names:
+            if not os.path.isdir(os.path.join(args.data_root, n)):
+                raise UserError(f"--data-root {args.data_root}: no folder {n}/ for task {n!r} of the task sequence "
+                                f"(expected <data-root>/{n}/{{train,test}}.jsonl; convert with python -m data.convert)")
+        return args.data_root
+    from data.generate import TASKS, build
+    unknown = [n for n in args.task_names if n not in TASKS]
+    if unknown:
+        raise UserError(f"--tasks: {unknown} are not synthetic tasks (expected some of {sorted(TASKS)}, "
+                        f"or give --data-root)")
+    return build(synthetic_root(args.seed), sorted(set(args.task_names)), args.seed)
+
+
+def load_tasks(args):
+    """The task sequence (--scenario/--order or --tasks) and the text-only instruction set (None when a
+    --data-root has no text/ folder: text-only retention is then left out of the results)."""
+    root = data_root(args)
+    tasks = [Task(n, read_manifest(os.path.join(root, n, "train.jsonl"), n)[:args.train_limit],
+                  read_manifest(os.path.join(root, n, "test.jsonl"), n)[:args.test_limit]) for n in args.task_names]
+    text = None
+    if os.path.isdir(os.path.join(root, "text")):
+        text = Task("text", read_manifest(os.path.join(root, "text", "train.jsonl"), "text"),
+                    read_manifest(os.path.join(root, "text", "test.jsonl"), "text")[:args.test_limit])
+    if args.val:   # validation split: the last training samples, as many as the test split has but at most a
+        for task in tasks + [text] * (text is not None):   # fifth of them (mcl's 512 test samples); test never read
+            n = min(len(task.test), len(task.train) // 5)
+            if n < 1:
+                raise UserError(f"--val: task {task.name} has {len(task.train)} training samples, too few to hold "
+                                f"out a fifth of them for validation")
+            task.train, task.test = task.train[:-n], task.train[-n:]
+    return tasks, text
+
+
+# ================================================================================================== media and encoders
+# Image tokens: 64 keeps the tiny ViT's 8x8 patch grid whole; pooled further, small shapes blur into the background
+# and image-cap is barely learnable (docs/defaults.md). Real ViTs' larger grids are pooled to 8x8.
+IMAGE_TOKENS, VIDEO_GROUPS, VIDEO_TOKENS, AUDIO_TOKENS = 64, 4, 9, 16   # modality tokens after pooling
+VIDEO_FRAMES = 8                                                        # frames sampled per video
+
+
+def load_image(path):
+    from PIL import Image, UnidentifiedImageError
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (UnidentifiedImageError, OSError) as e:
+        raise UserError(f"{path}: not a readable image ({type(e).__name__})")
+
+
+def load_audio(path, sr):
+    import soundfile as sf
+    try:
+        wav, file_sr = sf.read(path, dtype="float32", always_2d=True)
+    except Exception as e:  # soundfile raises LibsndfileError / RuntimeError subclasses
+        raise UserError(f"{path}: not a readable audio file ({type(e).__name__})")
+    if len(wav) == 0:
+        raise UserError(f"{path}: the audio file holds no samples")
+    wav = wav.mean(1)                                   # stereo -> mono
+    if file_sr != sr:
+        wav = resample(wav, file_sr, sr)
+    return wav
+
+
+def resample(wav, sr_in, sr_out):
+    """Band-limited resampling in the frequency domain (keeps the spectrum below both Nyquist rates, so 44.1 or
+    48 kHz releases reach a 16 kHz encoder without aliasing); numpy only."""
+    n_out = max(1, round(len(wav) * sr_out / sr_in))
+    spec = np.fft.rfft(wav)[:n_out // 2 + 1]                         # drop what the new rate cannot hold
+    return (np.fft.irfft(spec, n_out) * (n_out / len(wav))).astype(np.float32)
+
+
+def load_video(path, num_frames=None):
+    import av
+    try:
+        with av.open(path) as c:
+            if not c.streams.video:
+                raise UserError(f"{path}: has no video stream (an audio-only file?)")
+            frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    except Exception as e:  # av raises its own error hierarchy
+        raise UserError(f"{path}: not a readable video ({type(e).__name__})")
+    if not frames:
+        raise UserError(f"{path}: video has no frames")
+    num_frames = num_frames or VIDEO_FRAMES
+    idx = np.linspace(0, len(frames) - 1, num_frames).round().astype(int)   # uniform frame sampling
+    return np.stack([frames[i] for i in idx])
+
+
+def pool_tokens(h, groups, tokens):
+    """(N_frames, L, D) -> (groups * tokens, D): average frames into `groups` time steps (keeps the temporal order
+    that direction questions need), then pool each step's tokens to `tokens`: 2-D over the patch grid when the
+    tokens form a square grid (after dropping a CLS token) and `tokens` is square, else 1-D over the sequence."""
+    h = F.adaptive_avg_pool1d(h.permute(2, 1, 0), groups).permute(2, 1, 0)          # (groups, L, D)
+    L, side, out = h.shape[1], math.isqrt(h.shape[1]), math.isqrt(tokens)
+    grid = h if side * side == L else h[:, 1:]                                      # drop CLS if present
+    side = math.isqrt(grid.shape[1])
+    if side * side == grid.shape[1] and out * out == tokens:
+        g = grid.transpose(1, 2).reshape(h.shape[0], h.shape[2], side, side)       # (groups, D, side, side)
+        h = F.adaptive_avg_pool2d(g, out).flatten(2).transpose(1, 2)               # (groups, tokens, D)
+    else:
+        h = F.adaptive_avg_pool1d(h.transpose(1, 2), tokens).transpose(1, 2)        # (groups, tokens, D)
+    return h.reshape(-1, h.shape[-1])
+
+
+class Encoders:
+    """Frozen image (also used per video frame) and audio encoders with their HF preprocessors."""
+
+    def __init__(self, image_path, audio_path, device):
+        from transformers import AutoFeatureExtractor, AutoImageProcessor, AutoModel
+        self.device = device
+        check_model_dir(image_path, "--image-encoder", "image")
+        check_model_dir(audio_path, "--audio-encoder", "audio")
+        self.image_proc = _hf_load(AutoImageProcessor, image_path, "--image-encoder")
+        self.image = _encoder_module(_hf_load(AutoModel, image_path, "--image-encoder"), "vision_model").to(device).eval()
+        self.audio_fe = _hf_load(AutoFeatureExtractor, audio_path, "--audio-encoder")
+        self.audio = _encoder_module(_hf_load(AutoModel, audio_path, "--audio-encoder"), "audio_model").to(device).eval()
+        self.dims = {"image": _hidden(self.image), "video": _hidden(self.image), "audio": _hidden(self.audio)}
+        self.name = f"{image_path}|{audio_path}"
+
+    @torch.no_grad()
+    def __call__(self, modality, medias):
+        """Pooled features of a list of media files of one modality: list of (K, D_enc) float32 CPU tensors."""
+        if modality == "image":
+            h = self._image([load_image(m) for m in medias])                         # (n, L, D)
+            return [pool_tokens(x[None], 1, IMAGE_TOKENS) for x in h]
+        if modality == "video":
+            clips = [load_video(m) for m in medias]
+            h = self._image([f for c in clips for f in c]).view(len(clips), -1, *self._last_shape)  # (n, F, L, D)
+            return [pool_tokens(x, VIDEO_GROUPS, VIDEO_TOKENS) for x in h]
+        sr = self.audio_fe.sampling_rate
+        x = self.audio_fe([load_audio(m, sr) for m in medias], sampling_rate=sr, return_tensors="pt")
+        h = self.audio(**{k: v.to(self.device) for k, v in x.items()}).last_hidden_state.float().cpu()
+        if h.dim() == 4:                                  # conv-style encoders: (n, D, H, W) -> (n, HW, D)
+            h = h.flatten(2).transpose(1, 2)
+        return [pool_tokens(x[None], 1, AUDIO_TOKENS) for x in h]
+
+    def _image(self, frames):
+        # channels_last said, not guessed: a 1x1 or 1x3 image would otherwise be read as channels-first
+        x = self.image_proc(frames, return_tensors="pt", input_data_format="channels_last")["pixel_values"].to(self.device)
+        h = self.image(pixel_values=x).last_hidden_state.float().cpu()              # (N_frames, L, D)
+        self._last_shape = h.shape[1:]
+        return h
+
+
+def _hf_load(cls, path, flag):
+    from transformers.utils import logging as hf_logging
+    hf_logging.set_verbosity_error()      # load reports (e.g. an unused pooler) are noise here
+    hf_logging.disable_progress_bar()     # and so are "Loading weights" bars of a few-MB model
+    try:                                  # (the path itself was checked by check_model_dir)
+        return cls.from_pretrained(path)
+    except Exception as e:   # OSError, ValueError, ImportError (a tokenizer that needs sentencepiece), ...
+        raise UserError(f"{flag} {path}: could not load {cls.__name__} ({_first_line(e)})")
+
+
+# what each model flag must name, decided from config.json's model_type with transformers' auto-model mappings
+MODEL_KINDS = {"llm": "a causal language model", "image": "an image (vision) encoder", "audio": "an audio encoder"}
+
+
+def _model_kind_ok(cfg, kind):
+    from transformers.models.auto import modeling_auto as M
+    t = cfg.model_type or ""
+    if kind == "llm":
+        return t in M.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    maps = ([M.MODEL_FOR_IMAGE_MAPPING_NAMES, M.MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES,
+             M.MODEL_FOR_ZERO_SHOT_IMAGE_CLASSIFICATION_MAPPING_NAMES] if kind == "image" else
+            [M.MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING_NAMES, M.MODEL_FOR_AUDIO_FRAME_CLASSIFICATION_MAPPING_NAMES,
+             M.MODEL_FOR_AUDIO_XVECTOR_MAPPING_NAMES, M.MODEL_FOR_CTC_MAPPING_NAMES, M.MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES])
+    tower = "vision" if kind == "image" else "audio"      # dual models (CLIP, CLAP) and their towers
+    return any(t in m for m in maps) or t.endswith(f"{tower}_model") or hasattr(cfg, f"{tower}_config")
+
+
+def _weights_problem(path):
+    """None if `path` holds complete weights, else what is missing (a half-downloaded checkpoint)."""
+    names = set(os.listdir(path))
+    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        if index in names:
+            try:
+                with open(os.path.join(path, index)) as f:
+                    shards = sorted(set(json.load(f)["weight_map"].values()))
+            except (OSError, ValueError, KeyError, AttributeError):
+                return f"{index} is not a readable shard index"
+            gone = [x for x in shards if not os.path.isfile(os.path.join(path, x))]
+            if gone:
+                return f"{len(gone)} of {len(shards)} weight shards are missing (e.g. {gone[0]})"
+            bad = [x for x in shards if x.endswith(".safetensors") and not _safetensors_complete(os.path.join(path, x))]
+            return f"weight shard {bad[0]} is truncated" if bad else None
+    if "model.safetensors" in names:
+        return None if _safetensors_complete(os.path.join(path, "model.safetensors")) else "model.safetensors is truncated"
+    if "pytorch_model.bin" in names:
+        return None
+    return "no weights (model.safetensors or pytorch_model.bin)"
+
+
+def _safetensors_complete(path):
+    """The header parses and the file is as long as its header says (cheap: reads the header only)."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if n < 2 or 8 + n > size:
+                return False
+            meta = json.loads(f.read(n))
+        end = max((v["data_offsets"][1] for k, v in meta.items() if k != "__metadata__"), default=0)
+        return 8 + n + end <= size
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return False
+
+
+def check_model_dir(path, flag, kind):
+    """A local model flag (--llm / --image-encoder / --audio-encoder) must name a folder that holds a model of
+    `kind` (MODEL_KINDS) with its weights: anything else is one line naming the flag, the path and what was
+    expected. Hugging Face hub ids (not local paths) are left to from_pretrained."""
+    want = MODEL_KINDS[kind]
+    if not os.path.exists(path):
+        if path.startswith((".", "/", "~")) or path.count("/") > 1:
+            raise UserError(f"{flag} {path}: path does not exist (expected a folder holding {want})")
+        return                                                   # a hub id
+    if not os.path.isdir(path):
+        raise UserError(f"{flag} {path}: is a file, expected a Hugging Face folder holding {want}")
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        what = "the folder is empty" if not os.listdir(path) else "no config.json"
+        raise UserError(f"{flag} {path}: {what}, expected a Hugging Face folder holding {want}")
+    from transformers import AutoConfig
+    try:
+        cfg = AutoConfig.from_pretrained(path)
+    except Exception as e:
+        raise UserError(f"{flag} {path}: config.json is not a readable model config ({_first_line(e)}); "
+                        f"expected {want}")
+    if not _model_kind_ok(cfg, kind):
+        raise UserError(f"{flag} {path}: holds a {cfg.model_type!r} model, not {want}")
+    problem = _weights_problem(path)
+    if problem:
+        raise UserError(f"{flag} {path}: {problem} (a half-downloaded checkpoint?); expected {want} with its weights")
+
+
+def _encoder_module(model, sub):
+    """CLIP/CLAP-style dual models -> their vision/audio tower; encoder-decoders (Whisper) -> the encoder."""
+    if hasattr(model, sub):
+        model = getattr(model, sub)
+    elif getattr(model.config, "is_encoder_decoder", False):
+        model = model.get_encoder()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    # fp32 whatever the checkpoint stores (bf16/fp16 checkpoints would clash with the processors' fp32 inputs);
+    # the encoders run once per sample (features are cached), so this costs nothing per training step
+    return model.float()
+
+
+def _hidden(module):
+    c = module.config
+    return getattr(c, "hidden_size", None) or getattr(c, "d_model")
+
+
+def encode_samples(encoders, tasks, cache_dir=None):
+    """Run the frozen encoders once over every sample (train and test) and attach `sample.feat`.
+    Frozen encoders make this exact, and it is the same for every method. Features are cached on disk."""
+    todo = [s for t in tasks for s in t.train + t.test if s.modality != "text"]
+    cache = {}
+    path = None
+    if cache_dir:
+        # the key covers the encoders, how their tokens are pooled and sampled, and the media files
+        pooling = f"|pool {IMAGE_TOKENS} {VIDEO_GROUPS}x{VIDEO_TOKENS} {AUDIO_TOKENS} frames {VIDEO_FRAMES}|"
+        key = hashlib.sha1((encoders.name + pooling + "".join(sorted({s.media for s in todo}))).encode()).hexdigest()[:16]
+        path = os.path.join(cache_dir, f"features_{key}.pt")
+        if os.path.exists(path):
+            cache = torch.load(path)
+    new = [s for s in todo if s.media not in cache]
+    for m in ("image", "video", "audio"):
+        group = sorted({s.media for s in new if s.modality == m})
+        if not group:       # (no bar; an explicit tqdm disable= would override TQDM_DISABLE)
+            continue
+        for i in tqdm(range(0, len(group), 32), desc=f"encode {m}", leave=False):
+            cache.update(zip(group[i:i + 32], encoders(m, group[i:i + 32])))
+    for s in todo:
+        s.feat = cache[s.media]
+    if path and new:
+        os.makedirs(cache_dir, exist_ok=True)
+        atomic_save(cache, path)
+
+
+# ================================================================================================== LLM
+def load_llm(path, device):
+    from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
+    check_model_dir(path, "--llm", "llm")
+    cfg = os.path.join(path, "tokenizer_config.json")
+    try:
+        generic = os.path.exists(cfg) and json.load(open(cfg)).get("tokenizer_class") in ("TokenizersBackend", "PreTrainedTokenizerFast")
+    except (OSError, ValueError, AttributeError) as e:
+        raise UserError(f"--llm {path}: tokenizer_config.json is not readable ({_first_line(e)})")
+    # a plain tokenizer.json (our word-level one) must load as-is; AutoTokenizer would re-build it as the model
+    # family's own class (e.g. Qwen2's BPE) and silently change the ids
+    tok = _hf_load(PreTrainedTokenizerFast if generic else AutoTokenizer, path, "--llm")
+    dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+    try:
+        llm = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    except Exception as e:
+        raise UserError(f"--llm {path}: could not load a causal LM ({_first_line(e)})")
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    for p in llm.parameters():
+        p.requires_grad_(False)
+    return llm.to(device), tok
