@@ -1,18 +1,18 @@
 """MERA: Merge then Realign for modality-incremental continual learning of MLLMs.
 
 Zhang, Qi, Xiao, Chen, Wang, "Merge then Realign: Simple and Effective Modality-Incremental Continual Learning
-for Multimodal LLMs", EMNLP 2025, https://arxiv.org/abs/2503.07663. Schedule choice, replay study: docs/mera.md.
+for Multimodal LLMs", EMNLP 2025, https://arxiv.org/abs/2503.07663. Schedule, replay, variants: docs/mera.md.
 
 An MLLM has modality-agnostic parts (the LLM) and modality-specific parts (one projector per modality). Learning
 modality i sequentially causes forgetting (the LLM drifts towards modality i) and misalignment (earlier projectors
 no longer match the drifted LLM). MERA, at step i of the task sequence:
-  1. fine-tune   from the merged model theta_{i-1} on modality i (LoRA on the LLM + projector of modality i)
-                 -> theta_{i,vanilla}
+  1. fine-tune   from theta_{i-1} on modality i (LoRA on the LLM + projector of modality i) -> theta_{i,vanilla}
   2. merge       the modality-agnostic LLM weights by a running average (equal weight for every step's model)
                      theta_i = ((i-1)/i) theta_{i-1} + (1/i) theta_{i,vanilla}                               (Eq. merge)
                  Projectors are modality-specific and are not merged.
   3. realign     freeze the merged LLM and train the projector of every seen modality on a replay set holding
                  --replay-ratio (10%) of that modality's training data.
+Metric: BRG_i = 100 mean_{j<i} R[i,j] / R[j,j] after every step i >= 2 (brg_steps); BRG = BRG_T, brg_mean = mean_i.
 
 LoRA form of the merge (what the code does). Step i fine-tunes a fresh LoRA (B = 0) on top of theta_{i-1}, so
 theta_{i,vanilla} = theta_{i-1} + Delta_i with Delta_i = scaling * B_i A_i on every LoRA-targeted linear layer, and
@@ -42,7 +42,6 @@ Usage:
     python mera.py --scenario mcl --order 1
     python mera.py --scenario mcl --order 1 --no-realign      # ablation: merge only   (run name mera-merge-only)
     python mera.py --scenario mcl --order 1 --no-merge        # ablation: realign only (run name mera-realign-only)
-    python mera.py --scenario mcl --no-realign-step1 --realign-newest-full     # variants (docs/mera.md)
     python mera.py --scenario micl --order 2 --seed 1
 """
 import numpy as np

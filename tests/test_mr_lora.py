@@ -62,7 +62,8 @@ def _tiny_model():
 
 def test_training_expert_k_leaves_earlier_experts_and_router_bit_identical():
     model = _tiny_model()
-    args = SimpleNamespace(lora_r=4, lora_alpha=8, lr=1e-2, batch_size=4, epochs=1, max_steps=None, device="cpu", seed=0)
+    args = SimpleNamespace(lora_r=4, lora_alpha=8, lr=1e-2, batch_size=4, epochs=1, max_steps=None, device="cpu", seed=0,
+                           lr_schedule="constant")
     base = copy.deepcopy(model.projectors)
     data = [Sample(str(i), "image", "describe the image.", ["red", "blue"][i % 2], None, None, torch.randn(3, 8))
             for i in range(8)]
