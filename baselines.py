@@ -1,15 +1,12 @@
-"""Continual-learning baselines for MLLMs: fine-tuning, joint training, replay, LwF, EWC and O-LoRA (SPEC 5).
+"""Continual-learning baselines for MLLMs: fine-tuning, joint training, replay, LwF, EWC, O-LoRA, MoELoRA (SPEC 5).
 
-Every baseline trains LoRA on the frozen LLM plus the shared per-modality projectors (trainable) over the task
-sequence. Each method is one section below (a class with the hooks the shared training loop at the bottom calls:
-before_task, batch, extra_loss, after_task). Results and notes: docs/baselines.md.
+Every baseline trains LoRA on the frozen LLM plus the shared (trainable) projectors over the task sequence; each is a
+class below with the hooks the loop at the bottom calls (before_task, batch, extra_loss, after_task). docs/baselines.md.
 
   finetune  one LoRA trained on task 1, 2, ..., T in turn, nothing against forgetting (lower bound):  L = L_CE
-  joint     one LoRA trained on the union of all tasks at once (upper bound); R has a single row; same --lr and
-            --epochs as one task of the sequence.
-  replay    experience replay, tiny episodic memory (Chaudhry et al. 2019, arXiv:1902.10486): after task t a
-            random --replay-ratio (2%) of its training set enters the buffer M; every step of a later task joins
-            the current batch with a replay batch drawn from M.
+  joint     one LoRA on the union of all tasks at once (upper bound; R has one row; same --lr / --epochs as a task)
+  replay    experience replay, tiny episodic memory (Chaudhry et al. 2019, arXiv:1902.10486): after task t a random
+            --replay-ratio (2%) of its training set enters the buffer M; later steps join a replay batch from M.
                 L = L_CE(B_cur  U  B_M),   |B_M| = min(--replay-batch-size, |M|)
   lwf       Learning without Forgetting (Li & Hoiem, TPAMI 2017, arXiv:1606.09282): the model after task t-1 is a
             frozen teacher; on the CURRENT task's data the student also matches its softened target-token outputs.
@@ -22,13 +19,13 @@ before_task, batch, extra_loss, after_task). Results and notes: docs/baselines.m
             active (summed) but frozen; the new A is pushed orthogonal to every earlier A, per LoRA-wrapped layer l:
                 L = L_CE + lambda_1 sum_l sum_{s<t} sum_{jk} |A_s^l (A_t^l)^T|_jk
                          + lambda_2 sum_l (||A_t^l||_2 + ||B_t^l||_2)                 (lambda_1 = 0.5, lambda_2 = 0)
+  moelora   MoELoRA (CoIN, Chen et al. 2024, arXiv:2403.08350): E LoRA experts of rank r/E + a token gate per layer,
+                h = W0 x + (alpha / r) sum_e g_e(x) B_e A_e x,  g(x) = softmax(W_g x);  L = L_CE, tasks in turn
 
 Deviations from the papers / official code (and why):
-  - Projectors stay trainable in every method (as in finetune) and only EWC's Fisher protects them (SPEC 5:
-    "diagonal Fisher on LoRA+projector").
-  - replay: ER's replay batch (current batch size) is capped by the memory size and drawn without replacement:
-    2% of 320 samples = 6 per task, so the whole memory (<= 30 samples) joins every batch; token-mean CE over
-    the joined batch (one batch, as in ER).
+  - Projectors stay trainable in every method (as in finetune); only EWC's Fisher protects them (SPEC 5).
+  - replay: ER's replay batch (current batch size) is capped by the memory and drawn without replacement: 2% of 320
+    = 6 per task, so the whole memory (<= 30 samples) joins every batch; token-mean CE over the joined batch (as ER).
   - lwf: the teacher is a deep copy of the MLLM after task t-1 (LLM + LoRA + projectors); KD on teacher-forced
     target tokens of the current data. LwF had one head per task; an LLM has one vocabulary, so the KD pulls the
     very logits the CE trains towards the old model's answer (less plasticity).
@@ -38,6 +35,9 @@ Deviations from the papers / official code (and why):
     (Wang et al. 2023, arXiv:2310.06762).
   - olora: the official code concatenates finished LoRAs into one growing lora_A/lora_B; separate peft adapters,
     all active, compute the same sum. The L2 term uses the Frobenius norm (not squared), as the official code.
+  - moelora: experts = row blocks of one peft LoRA: CoIN's sum over E Linear pairs, saved / resumed as any LoRA.
+  - moelora: A keeps peft's Kaiming init (CoIN: N(0, 0.01)), so that E = 1 is exactly finetune.
+  - moelora: E = 4 (--moe-experts) at r = 16 (CoIN: 8 at r = 128; 8 here would leave rank 2 per expert).
 
 Usage:
     python baselines.py --method finetune --order 1
@@ -48,12 +48,13 @@ import copy
 
 import numpy as np
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from common import (Run, UserError, add_lora, batches, build_model, ce_loss, check_finite, lora_layers,
                     make_optimizer, parse_args, seed_everything, shared_parser, target_logits, task_seed)
 
-METHODS = ["finetune", "joint", "replay", "lwf", "ewc", "olora"]
+METHODS = ["finetune", "joint", "replay", "lwf", "ewc", "olora", "moelora"]
 
 
 def get_args(argv=None):
@@ -70,6 +71,8 @@ def get_args(argv=None):
     g = p.add_argument_group("olora")
     g.add_argument("--olora-lambda1", type=float, default=0.5, help="weight of the orthogonality loss")
     g.add_argument("--olora-lambda2", type=float, default=0.0, help="weight of the L2 norm of the new LoRA")
+    g = p.add_argument_group("moelora")
+    g.add_argument("--moe-experts", type=int, default=4, help="E, LoRA experts per layer (rank --lora-r / E each)")
     args = parse_args(p, argv, run_name=p.parse_args(argv).method)
     if not 0 < args.replay_ratio <= 1:
         raise UserError(f"--replay-ratio must be in (0, 1], got {args.replay_ratio}")
@@ -80,6 +83,8 @@ def get_args(argv=None):
     for flag in ("lwf_weight", "ewc_lambda", "olora_lambda1", "olora_lambda2"):
         if getattr(args, flag) < 0:
             raise UserError(f"--{flag.replace('_', '-')} must be >= 0, got {getattr(args, flag)}")
+    if args.moe_experts < 1 or args.lora_r % args.moe_experts:
+        raise UserError(f"--moe-experts must be >= 1 and divide --lora-r {args.lora_r}, got {args.moe_experts}")
     return args
 
 
@@ -224,8 +229,43 @@ class OLoRA(Finetune):
         return self.args.olora_lambda1 * orth + self.args.olora_lambda2 * l2
 
 
+# ---------------------------------------------------------------------------------------------- MoELoRA
+class GatedA(nn.Linear):
+    """lora_A of a MoELoRA layer: the r rows of A are E experts of r/E rows; expert e's output is scaled by its
+    token-level gate g_e(x) = softmax(W_g x)_e, so peft's lora_B(lora_A(x)) * scaling is the MoE sum."""
+
+    def __init__(self, a, experts):
+        super().__init__(a.in_features, a.out_features, bias=False)
+        self.weight = a.weight                                  # peft's initialised A, kept as it is
+        self.experts = experts
+        self.gate = nn.Linear(a.in_features, experts, bias=False)      # W_g (nn.Linear init, as CoIN's router)
+
+    def gates(self, x):
+        return torch.softmax(self.gate(x), dim=-1)                     # g(x) = softmax(W_g x), (..., E)
+
+    def forward(self, x):
+        h = F.linear(x, self.weight)                                   # A x = [A_1 x; ...; A_E x], (..., r)
+        g = self.gates(x)
+        return (h.unflatten(-1, (self.experts, -1)) * g.unsqueeze(-1)).flatten(-2)   # [g_1 A_1 x; ...; g_E A_E x]
+
+
+def add_moe_experts(llm, experts, adapter="default"):
+    """Turn every LoRA layer of `adapter` into E gated experts: h = W0 x + scaling sum_e g_e(x) B_e A_e x."""
+    for m in lora_layers(llm, adapter).values():
+        m.lora_A[adapter] = GatedA(m.lora_A[adapter], experts)
+
+
+class MoELoRA(Finetune):
+    """L = L_CE with one MoELoRA (E gated rank-r/E experts per layer) trained on every task in turn."""
+
+    def setup(self, done):
+        add_lora(self.model, self.args)
+        add_moe_experts(self.model.llm, self.args.moe_experts)
+
+
 # ---------------------------------------------------------------------------------------------- training loop
-METHOD = {"finetune": Finetune, "joint": Finetune, "replay": Replay, "lwf": LwF, "ewc": EWC, "olora": OLoRA}
+METHOD = {"finetune": Finetune, "joint": Finetune, "replay": Replay, "lwf": LwF, "ewc": EWC, "olora": OLoRA,
+          "moelora": MoELoRA}
 
 
 def train_step(model, opt, samples, args, method):

@@ -34,18 +34,18 @@ run() {   # run NAME SCENARIO ORDER SEED SCRIPT [FLAGS...]: one run, into runs/N
 
 for s in $SEEDS; do
   for o in 1 2; do                                                   # micl: every baseline and MoInCL, both orders
-    for m in finetune joint replay lwf ewc olora; do run $m micl $o $s baselines.py --method $m; done
+    for m in finetune joint replay lwf ewc olora moelora; do run $m micl $o $s baselines.py --method $m; done
     run moincl micl $o $s moincl.py
     run mera mcl $o $s mera.py                                       # mcl: MERA against finetune, both orders
     run finetune mcl $o $s baselines.py --method finetune
   done
   run moincl-noptgm micl 1 $s moincl.py --no-ptgm                    # MoInCL ablations (order 1)
   run moincl-noikd micl 1 $s moincl.py --no-ikd
-  run mr-lora micl 1 $s mr_lora.py                                   # MR-LoRA and its oracle, micl and dcl
+  run mr-lora micl 1 $s mr_lora.py                                   # MR-LoRA and its oracle on micl
   run mr-lora-oracle micl 1 $s mr_lora.py --oracle
-  run mr-lora dcl 1 $s mr_lora.py
+  for m in finetune joint replay lwf ewc olora moelora; do run $m dcl 1 $s baselines.py --method $m; done   # dcl:
+  run mr-lora dcl 1 $s mr_lora.py                                    # MLLM-CL's baselines, MR-LoRA and its oracle
   run mr-lora-oracle dcl 1 $s mr_lora.py --oracle
-  run finetune dcl 1 $s baselines.py --method finetune
   run mera-merge-only mcl 1 $s mera.py --no-realign                  # MERA ablations (mcl order 1)
   run mera-realign-only mcl 1 $s mera.py --no-merge
   run mera micl 1 $s mera.py                                         # MERA also runs on micl (tasks as steps)

@@ -1,11 +1,16 @@
-"""Baselines: properties of each method's loss (EWC, O-LoRA, LwF), the replay buffer size, and a tiny-budget run."""
+"""Baselines: properties of each method's loss (EWC, O-LoRA, LwF), the replay buffer size, MoELoRA's gated experts,
+and a tiny-budget run."""
+import copy
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from baselines import draw_buffer, ewc_penalty, kd_loss, orthogonality_loss
-from conftest import kill_and_resume, run_script, same_results
+from baselines import GatedA, add_moe_experts, draw_buffer, ewc_penalty, kd_loss, orthogonality_loss
+from common import add_lora, lora_layers
+from data.load import Sample
+from conftest import kill_and_resume, run_script, same_results, tiny_mllm
 
 
 def test_ewc_penalty_zero_at_anchor_and_quadratic():
@@ -58,10 +63,63 @@ def test_replay_buffer_is_two_percent_per_task():
     assert draw_buffer(320, 0.02, seed=0) == idx and draw_buffer(320, 0.02, seed=1) != idx   # seeded
 
 
+# ---------------------------------------------------------------------------------------------- MoELoRA
+def _lora_model(r=4):
+    """A tiny MLLM with one peft LoRA of rank r whose B is random (a fresh LoRA's B = 0 would make every test pass)."""
+    model = tiny_mllm(["describe", "the", "image", ".", "answer", ":", "red", "blue"], {"image": 8})
+    add_lora(model, SimpleNamespace(lora_r=r, lora_alpha=2 * r))
+    torch.manual_seed(1)
+    for m in lora_layers(model.llm).values():
+        torch.nn.init.normal_(m.lora_B["default"].weight, std=0.5)
+    batch = model.collate([Sample(str(i), "image", "describe the image.", "red", None, None, torch.randn(3, 8))
+                           for i in range(3)])
+    return model, batch
+
+
+def test_moelora_with_one_expert_is_plain_lora():
+    """E = 1: the gate is softmax of one logit = 1, so MoELoRA computes exactly the LoRA of the same rank."""
+    lora, batch = _lora_model()
+    moe = copy.deepcopy(lora)                                          # the same A / B weights
+    add_moe_experts(moe.llm, 1)
+    assert all(isinstance(m.lora_A["default"], GatedA) for m in lora_layers(moe.llm).values())
+    with torch.no_grad():
+        assert torch.allclose(moe(batch), lora(batch), atol=1e-6)
+        assert not torch.allclose(lora(batch), tiny_mllm(["describe", "the", "image", ".", "answer", ":", "red",
+                                                            "blue"], {"image": 8})(batch), atol=1e-3)   # LoRA acts
+
+
+def test_moelora_output_is_the_gated_sum_of_its_experts():
+    """h = W0 x + scaling sum_e g_e(x) B_e A_e x, per token, with expert e = rows e*r/E.. of A and columns of B; a zero
+    gate (g = 1/E) is the LoRA scaled by 1/E."""
+    lora, batch = _lora_model(r=4)
+    m = next(iter(lora_layers(lora.llm).values()))
+    base, a, b, s = m.base_layer, m.lora_A["default"], m.lora_B["default"], m.scaling["default"]
+    gated = GatedA(a, 2)
+    torch.nn.init.normal_(gated.gate.weight, std=1.0)
+    m.lora_A["default"] = gated
+    x = torch.randn(2, 5, a.in_features)
+    g = torch.softmax(x @ gated.gate.weight.T, -1)                              # (2, 5, E)
+    by_hand = base(x) + s * sum(g[..., e:e + 1] * (x @ a.weight[2 * e:2 * e + 2].T @ b.weight[:, 2 * e:2 * e + 2].T)
+                                for e in range(2))
+    with torch.no_grad():
+        assert torch.allclose(m(x), by_hand, atol=1e-5)
+        assert g[0, 0, 0] != g[0, 1, 0]                                        # token-level: the gate varies by token
+        gated.gate.weight.zero_()
+        assert torch.allclose(m(x), base(x) + s / 2 * (x @ a.weight.T @ b.weight.T), atol=1e-5)
+
+
+def test_moelora_gate_sums_to_one():
+    torch.manual_seed(0)
+    gated = GatedA(torch.nn.Linear(16, 8, bias=False), 4)
+    g = gated.gates(torch.randn(3, 7, 16) * 10)
+    assert g.shape == (3, 7, 4) and bool((g >= 0).all())
+    assert torch.allclose(g.sum(-1), torch.ones(3, 7), atol=1e-6)
+
+
 SMOKE = ["--train-limit", "16", "--test-limit", "8", "--epochs", "1"]
 
 
-@pytest.fixture(scope="module", params=["ewc", "olora"])
+@pytest.fixture(scope="module", params=["ewc", "olora", "moelora"])
 def smoke(request, tmp_path_factory):
     out = tmp_path_factory.mktemp(request.param) / "run"
     run_script("baselines.py", out, "--method", request.param, *SMOKE)
@@ -76,11 +134,17 @@ def test_baseline_smoke(smoke):
     if method == "olora":   # one adapter per task saved
         lora = out / "checkpoints" / "task5_video-cap" / "lora"
         assert all((lora / f"task{t}").is_dir() for t in range(6))
+    if method == "moelora":  # the gates are part of the saved adapter, and they trained
+        from safetensors.torch import load_file
+        saved = load_file(str(out / "checkpoints" / "task5_video-cap" / "lora" / "adapter_model.safetensors"))
+        gates = [k for k in saved if "lora_A" in k and k.endswith(".gate.weight")]
+        assert len(gates) == 3 * 7 and all(saved[k].shape[0] == 4 for k in gates)     # 3 layers x 7 targets, E = 4
+        assert res["args"]["moe_experts"] == 4
 
 
-@pytest.mark.parametrize("smoke", ["ewc"], indirect=True)       # (O-LoRA's adapters resume as MR-LoRA's experts do)
+@pytest.mark.parametrize("smoke", ["ewc", "moelora"], indirect=True)   # (O-LoRA's adapters resume as MR-LoRA's do)
 def test_baseline_resume_after_kill(smoke, tmp_path):
-    """EWC's accumulated Fisher and anchor survive a crash: same final results."""
+    """EWC's accumulated Fisher and anchor, MoELoRA's gates survive a crash: same final results."""
     method, out = smoke
     kill_and_resume("baselines.py", tmp_path / "killed", "--method", method, *SMOKE)
     assert same_results(out, tmp_path / "killed")
