@@ -22,6 +22,7 @@ tiny base LLM is pretrained on, so a new world's vocabulary reaches the tokenize
     python -m data.generate --scenario micl --seed 0 --out cache/data/seed0
 """
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -485,11 +486,17 @@ def _write_jsonl(path, rows):
     os.replace(tmp, path)
 
 
+with open(__file__, "rb") as _f:
+    GENERATOR_ID = hashlib.sha1(_f.read()).hexdigest()[:12]    # a task drawn by other code is drawn again
+
+
 def build(root, tasks, seed):
-    """Generate the named tasks (+ the text-only set) under root unless already complete (DONE written and every
-    split of the size split_sizes names, so a cache from an older size is redrawn). Returns root."""
+    """Generate the named tasks (+ the text-only set) under root unless already complete (DONE holds this file's
+    GENERATOR_ID and every split has the size split_sizes names, so a cache from an older size or generator is
+    redrawn). Returns root."""
     def complete(t):
-        if not os.path.exists(os.path.join(root, t, "DONE")):
+        done = os.path.join(root, t, "DONE")
+        if not os.path.exists(done) or open(done).read() != GENERATOR_ID:   # drawn by another version of this file
             return False
         for split, n in split_sizes(t).items():
             path = os.path.join(root, t, f"{split}.jsonl")
@@ -505,7 +512,8 @@ def build(root, tasks, seed):
     for t in missing:
         shutil.rmtree(os.path.join(root, t), ignore_errors=True)   # a half-written task from a crash
         write_text_task(root, seed) if t == "text" else write_task(root, t, seed)
-        open(os.path.join(root, t, "DONE"), "w").close()
+        with open(os.path.join(root, t, "DONE"), "w") as f:
+            f.write(GENERATOR_ID)
     return root
 
 

@@ -231,6 +231,19 @@ def pool_tokens(h, groups, tokens):
     return h.reshape(-1, h.shape[-1])
 
 
+def weights_id(path):
+    """A model folder named by its contents (config / weight files: name, size, first MiB), so a base rebuilt in
+    place (a new data/tiny_base after a pull) never reuses the features of the old one; a hub id names itself."""
+    if not os.path.isdir(path):
+        return path
+    h = hashlib.sha1()
+    for f in sorted(os.listdir(path)):
+        if f.endswith((".json", ".safetensors", ".bin")):
+            with open(os.path.join(path, f), "rb") as fh:
+                h.update(f"{f}:{os.path.getsize(os.path.join(path, f))}:".encode() + fh.read(1 << 20))
+    return f"{path}@{h.hexdigest()[:12]}"
+
+
 class Encoders:
     """Frozen image (also used per video frame) and audio encoders with their HF preprocessors."""
 
@@ -244,7 +257,7 @@ class Encoders:
         self.audio_fe = _hf_load(AutoFeatureExtractor, audio_path, "--audio-encoder")
         self.audio = _encoder_module(_hf_load(AutoModel, audio_path, "--audio-encoder"), "audio_model").to(device).eval()
         self.dims = {"image": _hidden(self.image), "video": _hidden(self.image), "audio": _hidden(self.audio)}
-        self.name = f"{image_path}|{audio_path}"
+        self.name = f"{weights_id(image_path)}|{weights_id(audio_path)}"      # names the feature cache
 
     @torch.no_grad()
     def __call__(self, modality, medias):
@@ -389,7 +402,9 @@ def encode_samples(encoders, tasks, cache_dir=None):
     if cache_dir:
         # the key covers the encoders, how their tokens are pooled and sampled, and the media files
         pooling = f"|pool {IMAGE_TOKENS} {VIDEO_GROUPS}x{VIDEO_TOKENS} {AUDIO_TOKENS} frames {VIDEO_FRAMES}|"
-        key = hashlib.sha1((encoders.name + pooling + "".join(sorted({s.media for s in todo}))).encode()).hexdigest()[:16]
+        # each file by path, size and mtime: data regenerated in place (another generator) is encoded again
+        files = "".join(f"{m}:{os.stat(m).st_size}:{os.stat(m).st_mtime_ns};" for m in sorted({s.media for s in todo}))
+        key = hashlib.sha1((encoders.name + pooling + files).encode()).hexdigest()[:16]
         path = os.path.join(cache_dir, f"features_{key}.pt")
         if os.path.exists(path):
             cache = torch.load(path)

@@ -169,8 +169,12 @@ def test_feature_cache_is_keyed_by_pooling(tmp_path, monkeypatch):
             FakeEncoders.calls += 1
             return [torch.zeros(data.load.IMAGE_TOKENS, 2) for _ in medias]
 
+    for i in range(3):
+        (tmp_path / f"{i}.png").write_bytes(b"png")
+
     def tasks():
-        s = [data.load.Sample(f"x{i}", "image", "describe the image.", "a", media=f"/m/{i}.png") for i in range(3)]
+        s = [data.load.Sample(f"x{i}", "image", "describe the image.", "a", media=str(tmp_path / f"{i}.png"))
+             for i in range(3)]
         return [data.load.Task("image-cap", s[:2], s[2:])]
 
     data.load.encode_samples(FakeEncoders(), tasks(), cache_dir=str(tmp_path))
@@ -181,6 +185,36 @@ def test_feature_cache_is_keyed_by_pooling(tmp_path, monkeypatch):
     t = tasks()
     data.load.encode_samples(FakeEncoders(), t, cache_dir=str(tmp_path))
     assert FakeEncoders.calls == 2 and t[0].train[0].feat.shape == (n, 2)
+    (tmp_path / "1.png").write_bytes(b"another png")           # the data redrawn in place: encoded again
+    data.load.encode_samples(FakeEncoders(), tasks(), cache_dir=str(tmp_path))
+    assert FakeEncoders.calls == 3
+
+
+def test_encoder_weights_name_the_feature_cache(tmp_path):
+    """A model folder rebuilt in place (a new data/tiny_base after a pull) gets another weights_id, so its
+    features are never taken from the old encoder's cache; a hub id stays as it is."""
+    import data.load
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(b"weights v1")
+    first = data.load.weights_id(str(tmp_path))
+    assert first.startswith(str(tmp_path) + "@") and data.load.weights_id(str(tmp_path)) == first
+    (tmp_path / "model.safetensors").write_bytes(b"weights v2")
+    assert data.load.weights_id(str(tmp_path)) != first
+    assert data.load.weights_id("openai/clip-vit-base-patch16") == "openai/clip-vit-base-patch16"
+
+
+def test_build_redraws_a_task_drawn_by_another_generator(tmp_path, monkeypatch):
+    """DONE records the generator's GENERATOR_ID: a task drawn by another version of data/generate.py is redrawn."""
+    monkeypatch.setattr(G, "TEXT_SIZES", {"train": 2, "test": 2})
+    monkeypatch.setattr(G, "MIXED_SIZES", {"train": 3, "test": 2})
+    G.build(str(tmp_path), ["image"], 0)
+    assert (tmp_path / "image/DONE").read_text() == G.GENERATOR_ID
+    (tmp_path / "image/marker").write_text("")
+    G.build(str(tmp_path), ["image"], 0)
+    assert (tmp_path / "image/marker").exists()                   # same generator: kept
+    (tmp_path / "image/DONE").write_text("0123456789ab")
+    G.build(str(tmp_path), ["image"], 0)
+    assert not (tmp_path / "image/marker").exists() and (tmp_path / "image/DONE").read_text() == G.GENERATOR_ID
 
 
 def test_build_redraws_a_task_cached_at_another_size(tmp_path, monkeypatch):
