@@ -71,7 +71,8 @@ def get_args(argv=None):
     g.add_argument("--lora-fusion", type=float, default=None, metavar="A",
                    help="after every epoch: theta = (1 - A) theta_{t-1} + A theta on the LoRA weights (default off)")
     a = p.parse_args(argv)
-    name = "moincl" + ("-noptgm" if a.no_ptgm else "") + ("-noikd" if a.no_ikd else "")
+    name = ("moincl" + ("-noptgm" if a.no_ptgm else "") + ("-noikd" if a.no_ikd else "") +
+            (f"-fusion{a.lora_fusion:g}" if a.lora_fusion is not None else ""))
     args = parse_args(p, argv, run_name=name)
     for flag in ("pseudo_per_batch", "ikd_per_batch", "kd_weight", "ikd_weight"):
         if getattr(args, flag) < 0:

@@ -162,3 +162,11 @@ def test_resume_after_kill_gives_same_results(smoke, tmp_path):
     """The teacher of the next task is the resumed checkpoint: same pseudo targets, same final results."""
     kill_and_resume("moincl.py", tmp_path / "killed", *SMOKE)
     assert same_results(smoke[0], tmp_path / "killed")
+
+
+@pytest.mark.parametrize("flags,name", [([], "moincl"), (["--no-ptgm"], "moincl-noptgm"), (["--no-ikd"], "moincl-noikd"),
+                                        (["--lora-fusion", "0.5"], "moincl-fusion0.5")])
+def test_ablation_run_names(flags, name):
+    """Each setting writes its own run folder, so an ablation never resumes into (or overwrites) the default run."""
+    args = M.get_args(flags)
+    assert args.run_name == name and args.output_dir.startswith(f"runs/{name}__micl")
