@@ -259,7 +259,7 @@ class MoELoRA(Finetune):
     """L = L_CE with one MoELoRA (E gated rank-r/E experts per layer) trained on every task in turn."""
 
     def setup(self, done):
-        add_lora(self.model, self.args)
+        super().setup(done)                                            # finetune's LoRA, then its experts
         add_moe_experts(self.model.llm, self.args.moe_experts)
 
 

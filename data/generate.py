@@ -496,8 +496,11 @@ def build(root, tasks, seed):
     redrawn). Returns root."""
     def complete(t):
         done = os.path.join(root, t, "DONE")
-        if not os.path.exists(done) or open(done).read() != GENERATOR_ID:   # drawn by another version of this file
+        if not os.path.exists(done):
             return False
+        with open(done) as f:
+            if f.read() != GENERATOR_ID:                   # drawn by another version of this file
+                return False
         for split, n in split_sizes(t).items():
             path = os.path.join(root, t, f"{split}.jsonl")
             if not os.path.exists(path):

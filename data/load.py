@@ -403,7 +403,8 @@ def encode_samples(encoders, tasks, cache_dir=None):
         # the key covers the encoders, how their tokens are pooled and sampled, and the media files
         pooling = f"|pool {IMAGE_TOKENS} {VIDEO_GROUPS}x{VIDEO_TOKENS} {AUDIO_TOKENS} frames {VIDEO_FRAMES}|"
         # each file by path, size and mtime: data regenerated in place (another generator) is encoded again
-        files = "".join(f"{m}:{os.stat(m).st_size}:{os.stat(m).st_mtime_ns};" for m in sorted({s.media for s in todo}))
+        stats = {m: os.stat(m) for m in sorted({s.media for s in todo})}
+        files = "".join(f"{m}:{st.st_size}:{st.st_mtime_ns};" for m, st in stats.items())
         key = hashlib.sha1((encoders.name + pooling + files).encode()).hexdigest()[:16]
         path = os.path.join(cache_dir, f"features_{key}.pt")
         if os.path.exists(path):
