@@ -11,37 +11,36 @@ task t > 0 the model after task t-1, frozen, is the teacher f_{t-1}; the student
     the CURRENT inputs x (current media) under type y''s instruction q once, at the start of task t:
         captioning: q = "describe the {modality}."          QA: q ~ question bank of the earlier QA tasks
         y_hat = f_{t-1}.generate(x, q)                        (greedy; the teacher is fixed during task t)
-    every batch B gets P = --pseudo-per-batch pseudo samples (x, q, y_hat), made from the media of B's last P
-    samples (pseudo captions) or first P (pseudo QA), as official, and distilled from the teacher on their targets:
+    each batch B gets P = --pseudo-per-batch pseudo samples (x, q, y_hat) from the media of B's last P samples
+    (pseudo captions) or first P (pseudo QA), as official, distilled from the teacher on their targets:
         L_KD = T^2 KL( softmax(z_{t-1} / T) || softmax(z_t / T) )          over the pseudo samples' target tokens
   IKD (Instruction-based Knowledge Distillation), against forgetting of what the LLM can do without media:
     every step, --ikd-per-batch text-only instructions u (never a CL task) are run through teacher and student:
         L_IKD = T^2 KL( softmax(z_{t-1}(u) / T) || softmax(z_t(u) / T) )   over every (non-padding) position of u
   Total (T = 5):    L = L_CE(B U pseudo) + lambda L_KD + L_IKD
+  LoRA fusion, after every epoch of task t > 0 (official):  theta = (1 - a) theta_{t-1} + a theta,  a = 0.8
 
 Deviations from the paper / official code (and why):
   - Task type = captioning vs QA, not crossed with the modality, as the official code (`'cap' in learned_task_type`)
     does; a step that mixes both types (mcl) has no other type, so no PTGM.
-  - Pseudo QA: the official code loads pre-generated per-clip question/answer files (no generator in the repo;
-    apparently a text LLM wrote them from the captions); here (SPEC 5) the questions come from earlier QA tasks'
-    training instructions (same modality if any, else all) and the teacher answers them.
+  - Pseudo QA: official loads pre-generated per-clip QA files (no generator in the repo); here (SPEC 5) the teacher
+    answers questions drawn from earlier QA tasks' training instructions (same modality if any, else all).
   - Greedy pseudo-target decoding (official: 5-beam with repetition penalty), like all our evaluation.
   - L_KD on the pseudo samples' target tokens only (SPEC 5); official: every position, prompt and padding included.
-  - L_IKD: our text-only set has answers, so the answer is appended and every non-padding position is distilled
-    (official: prompts only, padding included): the answer positions are what text-only accuracy measures.
-    8 instructions per step of 16 samples, the official 4 per step of 8 (same share of a batch), drawn without
-    replacement within a step (official: with replacement).
+  - L_IKD: the text-only set's answer is appended and every non-padding position distilled (official: prompts
+    only, padding included): answers are what text-only accuracy measures. 8 instructions per step of 16 samples
+    (official 4 of 8, the same share), drawn without replacement within a step (official: with replacement).
   - One setting for all steps and orders (official scripts set lambda, pseudo count, fusion factor and even PTGM
     on/off per step), so no per-step tuning: lambda = 1, 8 pseudo samples per batch of 16 (official 1/8 to 1/2),
-    the official type-only PTGM rule; per-epoch LoRA fusion theta = (1 - a) theta_{t-1} + a theta off by default
-    (SPEC 5; --lora-fusion A; projectors never fused, as official). Validation check: docs/moincl.md.
+    the official type-only PTGM rule, fusion a = 0.8 (official 0.1-0.8 per step; chosen on the validation split,
+    docs/moincl.md; --no-lora-fusion turns it off).
   - No early stopping / best-epoch checkpoint (official: patience 5 on the current task's val split): every method
     here trains a fixed number of epochs and is evaluated after the last one (one protocol for all).
-  - Projectors stay trainable for every modality, as in finetune (official --freeze_proj, off by default).
+  - Projectors stay trainable for every modality, as in finetune and official (--freeze_proj off); never fused.
 
 Usage:
     python moincl.py --scenario micl --order 1 --seed 0
-    python moincl.py --no-ikd                     # ablations: --no-ptgm, --no-ikd (run name moincl-noikd, ...)
+    python moincl.py --no-ikd                     # ablations: --no-ptgm, --no-ikd, --no-lora-fusion (moincl-noikd, ...)
     python moincl.py --pseudo-per-batch 16 --kd-weight 0.5 --lora-fusion 0.5
 """
 import copy
@@ -57,6 +56,8 @@ from common import (Run, UserError, add_lora, batches, build_model, ce_loss, che
                     parse_args, seed_everything, shared_parser, target_logits, task_seed)
 from data.generate import caption_instruction
 
+FUSION = 0.8                             # LoRA fusion factor a (validation split, docs/moincl.md)
+
 
 def get_args(argv=None):
     p = shared_parser("moincl", __doc__)
@@ -68,19 +69,20 @@ def get_args(argv=None):
     g.add_argument("--kd-temperature", type=float, default=5.0, help="T of both distillation terms")
     g.add_argument("--ikd-per-batch", type=int, default=8, help="text-only instructions per step (IKD)")
     g.add_argument("--ikd-weight", type=float, default=1.0, help="weight of L_IKD")
-    g.add_argument("--lora-fusion", type=float, default=None, metavar="A",
-                   help="after every epoch: theta = (1 - A) theta_{t-1} + A theta on the LoRA weights (default off)")
+    g.add_argument("--lora-fusion", type=float, default=FUSION, metavar="A",
+                   help="after every epoch of task t > 0: theta = (1 - A) theta_{t-1} + A theta on the LoRA weights")
+    g.add_argument("--no-lora-fusion", action="store_true", help="ablation: no LoRA fusion")
     a = p.parse_args(argv)
     name = ("moincl" + ("-noptgm" if a.no_ptgm else "") + ("-noikd" if a.no_ikd else "") +
-            (f"-fusion{a.lora_fusion:g}" if a.lora_fusion is not None else ""))
+            ("-nofusion" if a.no_lora_fusion else f"-fusion{a.lora_fusion:g}" if a.lora_fusion != FUSION else ""))
     args = parse_args(p, argv, run_name=name)
     for flag in ("pseudo_per_batch", "ikd_per_batch", "kd_weight", "ikd_weight"):
         if getattr(args, flag) < 0:
             raise UserError(f"--{flag.replace('_', '-')} must be >= 0, got {getattr(args, flag)}")
     if args.kd_temperature <= 0:
         raise UserError(f"--kd-temperature must be > 0, got {args.kd_temperature}")
-    if args.lora_fusion is not None and not 0 <= args.lora_fusion <= 1:
-        raise UserError(f"--lora-fusion must be in [0, 1], got {args.lora_fusion}")
+    if not 0 < args.lora_fusion <= 1:
+        raise UserError(f"--lora-fusion must be in (0, 1] (0 would freeze the LoRA), got {args.lora_fusion}")
     if not args.no_ikd and args.data_root and not os.path.isdir(os.path.join(args.data_root, "text")):
         raise UserError(f"--data-root {args.data_root}: IKD needs a text-only instruction set in text/; add one "
                         f"(python -m data.convert alpaca --src alpaca_data.json --out {args.data_root}/text) "
@@ -218,7 +220,7 @@ def main(argv=None):
             for key, v in train_step(model, teacher, opt, samples, pool, texts, args).items():
                 sums[key] = sums.get(key, 0.0) + v
             steps += 1
-            if args.lora_fusion is not None and teacher is not None and (step + 1) % per_epoch == 0:
+            if not args.no_lora_fusion and teacher is not None and (step + 1) % per_epoch == 0:
                 lora_fusion(model, teacher, args.lora_fusion)              # end of an epoch
         print(f"task {t + 1} {task.name}: pseudo {sorted(pool) or '-'} | mean " +
               " ".join(f"{key} {v / max(steps, 1):.3f}" for key, v in sums.items()), flush=True)

@@ -36,6 +36,7 @@ for s in $SEEDS; do
   for o in 1 2; do                                                   # micl: every baseline and MoInCL, both orders
     for m in finetune joint replay lwf ewc olora moelora; do run $m micl $o $s baselines.py --method $m; done
     run moincl micl $o $s moincl.py
+    run moincl-nofusion micl $o $s moincl.py --no-lora-fusion          # MoInCL without its LoRA fusion
     run mera mcl $o $s mera.py                                       # mcl: MERA against finetune, both orders
     run finetune mcl $o $s baselines.py --method finetune
   done

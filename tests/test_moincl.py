@@ -1,5 +1,4 @@
 """MoInCL: distillation losses, PTGM pseudo samples, the frozen teacher, and a tiny-budget run."""
-import copy
 import json
 from types import SimpleNamespace
 
@@ -140,6 +139,34 @@ def test_teacher_frozen_and_bit_identical_after_student_step():
     assert all(torch.equal(v, lora(teacher)[n]) for n, v in lora(model).items())
 
 
+def test_lora_fusion_interpolates_the_lora_weights_only():
+    """theta = (1 - a) theta_{t-1} + a theta on every LoRA tensor; projectors and the frozen LLM untouched."""
+    model = _tiny_model()
+    add_lora(model, ARGS)
+    teacher = M.frozen_teacher(model)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p))                                     # the student moved away from f_{t-1}
+    old, new = dict(teacher.named_parameters()), {n: p.clone() for n, p in model.named_parameters()}
+    M.lora_fusion(model, teacher, 0.8)
+    fused = dict(model.named_parameters())
+    lora = [n for n in new if "lora_" in n]
+    assert lora and any(fused[n].requires_grad and "lora_" not in n for n in fused)   # projectors are trainable too
+    for n, p in fused.items():
+        want = 0.2 * old[n] + 0.8 * new[n] if n in lora else new[n]
+        assert torch.allclose(p, want, atol=1e-6), n
+
+
+@pytest.mark.parametrize("flags,calls", [([], 2), (["--no-lora-fusion"], 0)])
+def test_lora_fusion_runs_after_every_epoch_from_the_second_task(monkeypatch, tmp_path, flags, calls):
+    seen = []
+    monkeypatch.setattr(M, "lora_fusion", lambda model, teacher, a: seen.append(a))
+    run_script("moincl.py", tmp_path / "r", "--tasks", "image-cap,image-qa", "--train-limit", "16", "--test-limit", "1",
+               "--epochs", "2", "--no-ikd", "--no-ptgm", *flags)               # 2 epochs of one step each per task
+    assert seen == [M.FUSION] * calls
+
+
 SMOKE = ["--train-limit", "16", "--test-limit", "8", "--epochs", "1"]
 
 
@@ -165,7 +192,8 @@ def test_resume_after_kill_gives_same_results(smoke, tmp_path):
 
 
 @pytest.mark.parametrize("flags,name", [([], "moincl"), (["--no-ptgm"], "moincl-noptgm"), (["--no-ikd"], "moincl-noikd"),
-                                        (["--lora-fusion", "0.5"], "moincl-fusion0.5")])
+                                        (["--no-lora-fusion"], "moincl-nofusion"),
+                                        (["--lora-fusion", "0.5"], "moincl-fusion0.5"), (["--lora-fusion", "0.8"], "moincl")])
 def test_ablation_run_names(flags, name):
     """Each setting writes its own run folder, so an ablation never resumes into (or overwrites) the default run."""
     args = M.get_args(flags)

@@ -38,8 +38,8 @@ def summarize(root, png=None):
     out = []
     for scen in sorted({k[0] for k in groups}):
         keys = [k for k in SUMMARY_KEYS if any(k in r["metrics"] for g, rs in groups.items() if g[0] == scen for r in rs)]
-        out += [f"\n#### {scen}\n", "| method | order | seeds | " + " | ".join(keys) + " | minutes |",
-                "|---" * (len(keys) + 4) + "|"]
+        out += [f"\n#### {scen}\n", "| method | order | seeds | " + " | ".join(keys) + " | BRG after steps 2..T | minutes |",
+                "|---" * (len(keys) + 5) + "|"]
         for (s, order, method), rs in groups.items():
             if s != scen:
                 continue
@@ -47,6 +47,8 @@ def summarize(root, png=None):
             for k in keys:
                 v = [r["metrics"][k] for r in rs if k in r["metrics"]]
                 cells.append(f"{np.mean(v):.1f} ± {np.std(v):.1f}" if v else "-")
+            steps = [r["brg_steps"] for r in rs if r.get("brg_steps")]            # BRG_i, mean over seeds per step
+            cells.append(" / ".join(f"{x:.1f}" for x in np.mean(steps, 0)) if len(steps) == len(rs) else "-")
             seeds = ",".join(str(r["args"]["seed"]) for r in rs)
             minutes = np.mean([r["timings"]["total_s"] for r in rs]) / 60     # train + eval, model build excluded
             out.append(f"| {method} | {order} | {seeds} | " + " | ".join(cells) + f" | {minutes:.1f} |")
