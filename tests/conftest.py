@@ -106,12 +106,6 @@ class Crash:
         return done
 
 
-def kill_and_resume(script, out, *flags, after=1):
-    """Start a run, kill -9 it as soon as `after` tasks are checkpointed, check nothing looks finished, then
-    `--resume` it to the end. Returns the number of tasks that were done at the kill."""
-    return Crash(script, out, *flags, after=after).resume()
-
-
 def same_results(a, b):
     """R, text-only row and metrics of two finished runs are identical."""
     ra, rb = (json.load(open(os.path.join(d, "results.json"))) for d in (a, b))
