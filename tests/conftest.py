@@ -3,7 +3,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -58,52 +57,23 @@ def _in_process(script, argv):
     return subprocess.CompletedProcess([script, *argv], code, out.getvalue(), err.getvalue())
 
 
-class Crash:
-    """A run started as a process and killed -9 (a crash) by a watcher thread as soon as `after` tasks are
-    checkpointed, so that it runs while the test process does other work (the smoke run it is compared with);
-    resume() waits for the kill, checks that nothing looks finished, and `--resume`s it to the end."""
-
-    def __init__(self, script, out, *flags, after=1):
-        from data.generate import TASKS, build
-        from data.load import synthetic_root
-        from data.tiny import build_tiny
-        build_tiny()                                 # built here first: two processes would race on building them
-        build(synthetic_root(0), sorted(TASKS), 0)
-        self.script, self.out, self.flags, self.after = script, str(out), flags, after
-        self.p = subprocess.Popen([sys.executable, os.path.join(ROOT, script), "--output-dir", self.out, *flags],
-                                  cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                  env=dict(os.environ, TQDM_DISABLE="1"))
-        self.watcher = threading.Thread(target=self._kill_when_done, daemon=True)
-        self.watcher.start()
-
-    def _done(self):
-        try:
-            with open(os.path.join(self.out, "state.json")) as f:
-                return json.load(f)["state"]["done"]
-        except (OSError, ValueError):        # not written yet (or, never, half written: it is replaced atomically)
-            return -1
-
-    def _kill_when_done(self):
-        t0 = time.time()
-        while self._done() < self.after and self.p.poll() is None and time.time() - t0 < 300:
-            time.sleep(0.02)
-        self.p.send_signal(signal.SIGKILL)
-        self.p.wait()
-
-    def stop(self):
-        """Kill it now if it still runs (its resume test was not selected)."""
-        if self.p.poll() is None:
-            self.p.kill()
-        self.watcher.join()
-
-    def resume(self):
-        """The number of tasks that were done at the kill."""
-        self.watcher.join()
-        done = self._done()
-        assert done >= self.after and not os.path.exists(os.path.join(self.out, "results.json"))
-        r = run_script(self.script, self.out, *self.flags, "--resume")
-        assert f"resuming {self.out} after step {done}/" in r.stdout
-        return done
+def kill_and_resume(script, out, *flags, after=1):
+    """Start a run, kill -9 it as soon as `after` tasks are checkpointed, check nothing looks finished, then
+    `--resume` it to the end. Returns the number of tasks that were done at the kill."""
+    p = subprocess.Popen([sys.executable, os.path.join(ROOT, script), "--output-dir", str(out), *flags], cwd=ROOT,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ, TQDM_DISABLE="1"))
+    state, t0 = os.path.join(out, "state.json"), time.time()
+    while time.time() - t0 < 300:
+        if os.path.exists(state) and json.load(open(state))["state"]["done"] >= after:
+            break
+        time.sleep(0.02)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    done = json.load(open(state))["state"]["done"]
+    assert done >= after and not os.path.exists(os.path.join(out, "results.json"))
+    r = run_script(script, out, *flags, "--resume")
+    assert f"resuming {out} after step {done}/" in r.stdout
+    return done
 
 
 def same_results(a, b):

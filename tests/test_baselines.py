@@ -10,7 +10,7 @@ import torch
 from baselines import GatedA, add_moe_experts, draw_buffer, ewc_penalty, kd_loss, orthogonality_loss
 from common import add_lora, lora_layers
 from data.load import Sample
-from conftest import Crash, run_script, same_results, tiny_mllm
+from conftest import kill_and_resume, run_script, same_results, tiny_mllm
 
 
 def test_ewc_penalty_zero_at_anchor_and_quadratic():
@@ -119,21 +119,11 @@ def test_moelora_gate_sums_to_one():
 SMOKE = ["--train-limit", "16", "--test-limit", "8", "--epochs", "1"]
 
 
-RESUMED = ("ewc", "moelora")      # methods with a resume test (O-LoRA's adapters resume as MR-LoRA's do)
-CRASHES = {}                      # method -> a run of its smoke flags that crashes after task 1
-
-
 @pytest.fixture(scope="module", params=["ewc", "olora", "moelora"])
 def smoke(request, tmp_path_factory):
-    method = request.param
-    if method in RESUMED:         # started first: it runs beside the smoke run, on the other core
-        CRASHES[method] = Crash("baselines.py", tmp_path_factory.mktemp(f"{method}-killed") / "run", "--method", method,
-                                *SMOKE)
-    out = tmp_path_factory.mktemp(method) / "run"
-    run_script("baselines.py", out, "--method", method, *SMOKE)
-    yield method, out
-    if method in CRASHES:
-        CRASHES.pop(method).stop()
+    out = tmp_path_factory.mktemp(request.param) / "run"
+    run_script("baselines.py", out, "--method", request.param, *SMOKE)
+    return request.param, out
 
 
 def test_baseline_smoke(smoke):
@@ -152,9 +142,9 @@ def test_baseline_smoke(smoke):
         assert res["args"]["moe_experts"] == 4
 
 
-@pytest.mark.parametrize("smoke", RESUMED, indirect=True)
-def test_baseline_resume_after_kill(smoke):
+@pytest.mark.parametrize("smoke", ["ewc", "moelora"], indirect=True)   # (O-LoRA's adapters resume as MR-LoRA's do)
+def test_baseline_resume_after_kill(smoke, tmp_path):
     """EWC's accumulated Fisher and anchor, MoELoRA's gates survive a crash: same final results."""
     method, out = smoke
-    CRASHES[method].resume()
-    assert same_results(out, CRASHES[method].out)
+    kill_and_resume("baselines.py", tmp_path / "killed", "--method", method, *SMOKE)
+    assert same_results(out, tmp_path / "killed")

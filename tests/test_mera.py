@@ -12,7 +12,7 @@ import common as C
 import data.load as L
 import mera
 from data.tiny import _build_tokenizer
-from conftest import Crash, run_script, same_results
+from conftest import kill_and_resume, run_script, same_results
 
 
 
@@ -162,15 +162,7 @@ SMOKE = ["--scenario", "mcl", "--train-limit", "16", "--test-limit", "8", "--epo
 
 
 @pytest.fixture(scope="module")
-def crash(tmp_path_factory):
-    """A run of the smoke flags that crashes (kill -9) after task 1; it runs beside the smoke run, on the other core."""
-    c = Crash("mera.py", tmp_path_factory.mktemp("mera-killed") / "run", *SMOKE)
-    yield c
-    c.stop()
-
-
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory, crash):     # (crash first, so that the two run side by side)
+def smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("mera") / "run"
     run_script("mera.py", out, *SMOKE, process=True)   # the script as a user runs it
     return out
@@ -182,7 +174,7 @@ def test_smoke_run_mcl(smoke):
     assert "brg" in res["metrics"] and res["method"] == "mera"
 
 
-def test_resume_after_kill_gives_same_results(smoke, crash):
+def test_resume_after_kill_gives_same_results(smoke, tmp_path):
     """The merged base weights are rebuilt from the merge history on --resume: same final results."""
-    crash.resume()
-    assert same_results(smoke, crash.out)
+    kill_and_resume("mera.py", tmp_path / "killed", *SMOKE)
+    assert same_results(smoke, tmp_path / "killed")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import moincl as M
-from conftest import Crash, run_script, same_results, tiny_mllm
+from conftest import kill_and_resume, run_script, same_results, tiny_mllm
 from common import add_lora, make_optimizer
 from data.load import Sample, Task
 
@@ -171,15 +171,7 @@ SMOKE = ["--train-limit", "16", "--test-limit", "8", "--epochs", "1"]
 
 
 @pytest.fixture(scope="module")
-def crash(tmp_path_factory):
-    """A run of the smoke flags that crashes (kill -9) after task 1; it runs beside the smoke run, on the other core."""
-    c = Crash("moincl.py", tmp_path_factory.mktemp("moincl-killed") / "run", *SMOKE)
-    yield c
-    c.stop()
-
-
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory, crash):     # (crash first, so that the two run side by side)
+def smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("moincl") / "run"
     return out, run_script("moincl.py", out, *SMOKE, process=True)   # the script as a user runs it
 
@@ -193,10 +185,10 @@ def test_smoke_run(smoke):
     assert "pseudo ['qa']" in r.stdout and "pseudo ['cap']" in r.stdout     # order 1 uses both pseudo types
 
 
-def test_resume_after_kill_gives_same_results(smoke, crash):
+def test_resume_after_kill_gives_same_results(smoke, tmp_path):
     """The teacher of the next task is the resumed checkpoint: same pseudo targets, same final results."""
-    crash.resume()
-    assert same_results(smoke[0], crash.out)
+    kill_and_resume("moincl.py", tmp_path / "killed", *SMOKE)
+    assert same_results(smoke[0], tmp_path / "killed")
 
 
 @pytest.mark.parametrize("flags,name", [([], "moincl"), (["--no-ptgm"], "moincl-noptgm"), (["--no-ikd"], "moincl-noikd"),

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import mr_lora as M
-from conftest import Crash, run_script, same_results, tiny_mllm
+from conftest import kill_and_resume, run_script, same_results, tiny_mllm
 from common import ORDERS, add_lora
 from data.load import Sample, Task, load_image, read_manifest
 from data import generate as G
@@ -130,15 +130,7 @@ SMOKE = ["--train-limit", "16", "--test-limit", "8", "--epochs", "1", "--router-
 
 
 @pytest.fixture(scope="module")
-def crash(tmp_path_factory):
-    """A run of the smoke flags that crashes (kill -9) after task 1; it runs beside the smoke run, on the other core."""
-    c = Crash("mr_lora.py", tmp_path_factory.mktemp("mr_lora-killed") / "run", *SMOKE)
-    yield c
-    c.stop()
-
-
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory, crash):     # (crash first, so that the two run side by side)
+def smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("mr_lora") / "run"
     run_script("mr_lora.py", out, *SMOKE, process=True)   # the script as a user runs it
     return out
@@ -160,7 +152,7 @@ def test_oracle_columns_stay_fixed_once_learned(tmp_path):
     assert all(R[i][j] == R[j][j] for j in range(len(R)) for i in range(j, len(R)))
 
 
-def test_resume_after_kill_gives_same_results(smoke, crash):
+def test_resume_after_kill_gives_same_results(smoke, tmp_path):
     """Experts, their projector sets, the router and its replay buffer come back from the checkpoint."""
-    crash.resume()
-    assert same_results(smoke, crash.out)
+    kill_and_resume("mr_lora.py", tmp_path / "killed", *SMOKE)
+    assert same_results(smoke, tmp_path / "killed")
