@@ -191,9 +191,10 @@ def test_resume_after_kill_gives_same_results(smoke, tmp_path):
     assert same_results(smoke[0], tmp_path / "killed")
 
 
-@pytest.mark.parametrize("flags,name", [([], "moincl"), (["--no-ptgm"], "moincl-noptgm"), (["--no-ikd"], "moincl-noikd"),
-                                        (["--no-lora-fusion"], "moincl-nofusion"),
-                                        (["--lora-fusion", "0.5"], "moincl-fusion0.5"), (["--lora-fusion", "0.8"], "moincl")])
+@pytest.mark.parametrize("flags,name", [([], "moincl"), (["--no-ptgm"], "moincl-noptgm"),
+                                        (["--no-ikd"], "moincl-noikd"), (["--no-lora-fusion"], "moincl-nofusion"),
+                                        (["--lora-fusion", "0.5"], "moincl-fusion0.5"),
+                                        (["--lora-fusion", "0.8"], "moincl")])
 def test_ablation_run_names(flags, name):
     """Each setting writes its own run folder, so an ablation never resumes into (or overwrites) the default run."""
     args = M.get_args(flags)

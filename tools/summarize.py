@@ -38,8 +38,8 @@ def summarize(root, png=None):
     out = []
     for scen in sorted({k[0] for k in groups}):
         keys = [k for k in SUMMARY_KEYS if any(k in r["metrics"] for g, rs in groups.items() if g[0] == scen for r in rs)]
-        out += [f"\n#### {scen}\n", "| method | order | seeds | " + " | ".join(keys) + " | BRG after steps 2..T | minutes |",
-                "|---" * (len(keys) + 5) + "|"]
+        head = ["method", "order", "seeds", *keys, "BRG after steps 2..T", "minutes"]
+        out += [f"\n#### {scen}\n", "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
         for (s, order, method), rs in groups.items():
             if s != scen:
                 continue
