@@ -10,7 +10,7 @@ import torch
 from baselines import GatedA, add_moe_experts, draw_buffer, ewc_penalty, kd_loss, orthogonality_loss
 from common import add_lora, lora_layers
 from data.load import Sample
-from conftest import kill_and_resume, run_script, same_results, tiny_mllm
+from conftest import crash_and_resume, run_script, same_results, tiny_mllm
 
 
 def test_ewc_penalty_zero_at_anchor_and_quadratic():
@@ -116,7 +116,7 @@ def test_moelora_gate_sums_to_one():
     assert torch.allclose(g.sum(-1), torch.ones(3, 7), atol=1e-6)
 
 
-SMOKE = ["--train-limit", "16", "--test-limit", "8", "--epochs", "1"]
+SMOKE = ["--train-limit", "16", "--test-limit", "8", "--epochs", "1", "--batch-size", "8"]
 
 
 @pytest.fixture(scope="module", params=["ewc", "olora", "moelora"])
@@ -143,8 +143,8 @@ def test_baseline_smoke(smoke):
 
 
 @pytest.mark.parametrize("smoke", ["ewc", "moelora"], indirect=True)   # (O-LoRA's adapters resume as MR-LoRA's do)
-def test_baseline_resume_after_kill(smoke, tmp_path):
+def test_baseline_resume_after_a_crash(smoke, tmp_path):
     """EWC's accumulated Fisher and anchor, MoELoRA's gates survive a crash: same final results."""
     method, out = smoke
-    kill_and_resume("baselines.py", tmp_path / "killed", "--method", method, *SMOKE)
-    assert same_results(out, tmp_path / "killed")
+    crash_and_resume("baselines.py", tmp_path / "crashed", "--method", method, *SMOKE)
+    assert same_results(out, tmp_path / "crashed")

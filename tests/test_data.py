@@ -1,13 +1,12 @@
 """Synthetic data round-trips through pillow / soundfile / av, and bad input gives one-line errors."""
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from common import ROOT, UserError
+from common import UserError
+from conftest import run_script
 from data.load import load_audio, load_image, load_video, read_manifest
 from data import generate as G
 
@@ -111,8 +110,7 @@ def test_corrupt_media(tmp_path, loader, name):
                                            (["--scenario", "nope"], "--scenario 'nope' is unknown"),
                                            (["--data-root", "/no/such/dir"], "--data-root /no/such/dir")])
 def test_cli_bad_flags_one_line(flags, expect, tmp_path):
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "baselines.py"), "--output-dir", str(tmp_path / "o")] + flags,
-                       capture_output=True, text=True, cwd=ROOT, timeout=120)
+    r = run_script("baselines.py", tmp_path / "o", *flags, check=False)
     assert r.returncode != 0
     assert expect in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1

@@ -12,7 +12,7 @@ import common as C
 import data.load as L
 import mera
 from data.tiny import _build_tokenizer
-from conftest import kill_and_resume, run_script, same_results
+from conftest import crash_and_resume, run_script, same_results
 
 
 
@@ -158,7 +158,7 @@ def test_ablation_run_names(flags, name):
         mera.get_args(["--replay-ratio", "0"])
 
 
-SMOKE = ["--scenario", "mcl", "--train-limit", "16", "--test-limit", "8", "--epochs", "1"]
+SMOKE = ["--scenario", "mcl", "--train-limit", "16", "--test-limit", "8", "--epochs", "1", "--batch-size", "8"]
 
 
 @pytest.fixture(scope="module")
@@ -174,7 +174,7 @@ def test_smoke_run_mcl(smoke):
     assert "brg" in res["metrics"] and res["method"] == "mera"
 
 
-def test_resume_after_kill_gives_same_results(smoke, tmp_path):
+def test_resume_after_a_crash_gives_same_results(smoke, tmp_path):
     """The merged base weights are rebuilt from the merge history on --resume: same final results."""
-    kill_and_resume("mera.py", tmp_path / "killed", *SMOKE)
-    assert same_results(smoke, tmp_path / "killed")
+    crash_and_resume("mera.py", tmp_path / "crashed", *SMOKE)
+    assert same_results(smoke, tmp_path / "crashed")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import moincl as M
-from conftest import kill_and_resume, run_script, same_results, tiny_mllm
+from conftest import crash_and_resume, run_script, same_results, tiny_mllm
 from common import add_lora, make_optimizer
 from data.load import Sample, Task
 
@@ -167,7 +167,7 @@ def test_lora_fusion_runs_after_every_epoch_from_the_second_task(monkeypatch, tm
     assert seen == [M.FUSION] * calls
 
 
-SMOKE = ["--train-limit", "16", "--test-limit", "8", "--epochs", "1"]
+SMOKE = ["--train-limit", "16", "--test-limit", "8", "--epochs", "1", "--batch-size", "8"]
 
 
 @pytest.fixture(scope="module")
@@ -185,10 +185,10 @@ def test_smoke_run(smoke):
     assert "pseudo ['qa']" in r.stdout and "pseudo ['cap']" in r.stdout     # order 1 uses both pseudo types
 
 
-def test_resume_after_kill_gives_same_results(smoke, tmp_path):
+def test_resume_after_a_crash_gives_same_results(smoke, tmp_path):
     """The teacher of the next task is the resumed checkpoint: same pseudo targets, same final results."""
-    kill_and_resume("moincl.py", tmp_path / "killed", *SMOKE)
-    assert same_results(smoke[0], tmp_path / "killed")
+    crash_and_resume("moincl.py", tmp_path / "crashed", *SMOKE)
+    assert same_results(smoke[0], tmp_path / "crashed")
 
 
 @pytest.mark.parametrize("flags,name", [([], "moincl"), (["--no-ptgm"], "moincl-noptgm"),

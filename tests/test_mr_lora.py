@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import mr_lora as M
-from conftest import kill_and_resume, run_script, same_results, tiny_mllm
+from conftest import crash_and_resume, run_script, same_results, tiny_mllm
 from common import ORDERS, add_lora
 from data.load import Sample, Task, load_image, read_manifest
 from data import generate as G
@@ -126,7 +126,7 @@ def test_letter_choice_items_are_pretraining_only():
 
 
 # ------------------------------------------------------------------------------------------ smoke run
-SMOKE = ["--train-limit", "16", "--test-limit", "8", "--epochs", "1", "--router-epochs", "1"]
+SMOKE = ["--train-limit", "16", "--test-limit", "8", "--epochs", "1", "--batch-size", "8", "--router-epochs", "1"]
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +152,7 @@ def test_oracle_columns_stay_fixed_once_learned(tmp_path):
     assert all(R[i][j] == R[j][j] for j in range(len(R)) for i in range(j, len(R)))
 
 
-def test_resume_after_kill_gives_same_results(smoke, tmp_path):
+def test_resume_after_a_crash_gives_same_results(smoke, tmp_path):
     """Experts, their projector sets, the router and its replay buffer come back from the checkpoint."""
-    kill_and_resume("mr_lora.py", tmp_path / "killed", *SMOKE)
-    assert same_results(smoke, tmp_path / "killed")
+    crash_and_resume("mr_lora.py", tmp_path / "crashed", *SMOKE)
+    assert same_results(smoke, tmp_path / "crashed")
