@@ -88,7 +88,30 @@ def build_key(steps=None):
 
 
 @functools.lru_cache(maxsize=None)
-def _key(steps):     # drawing the corpus and vocabulary takes ~1 s: once per process and budget
+def _key(steps):
+    """build_key, kept in cache/keys/ under a hash of what the recipe is drawn from (this file, data/generate.py,
+    the steps, numpy's version): drawing the corpus and vocabulary costs every process ~2 s otherwise."""
+    import data.generate
+    code = b"".join(open(f, "rb").read() for f in (__file__, data.generate.__file__))
+    path = os.path.join(CACHE, "keys", hashlib.sha1(code + f"{steps} {np.__version__}".encode()).hexdigest()[:16])
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        key = recipe_key(steps)
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            f.write(key)
+        os.replace(tmp, path)
+    except OSError:          # a read-only cache/: the key is drawn again next time
+        pass
+    return key
+
+
+def recipe_key(steps):
+    """The key itself: a hash of everything the recipe holds."""
     return hashlib.sha1(json.dumps(recipe(steps), sort_keys=True).encode()).hexdigest()[:10]
 
 

@@ -38,8 +38,6 @@ in-process (a UserError is the SystemExit the script ends with); a handful of wh
 import json
 import os
 import shutil
-import subprocess
-import sys
 from types import SimpleNamespace
 
 import av
@@ -50,7 +48,7 @@ from PIL import Image
 
 import common as C
 import data.load as L
-from conftest import ROOT, run_script
+from conftest import run_script
 from data import generate as G
 
 TASKS = C.ORDERS["micl"][1]

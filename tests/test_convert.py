@@ -150,26 +150,21 @@ def test_alpaca_text_set(tmp_path):
     assert [r["id"] for r in rows(os.path.join(out, "test.jsonl"))] == ["alpaca/4"]
 
 
-def cli(*argv):
-    return subprocess.run([sys.executable, "-m", "data.convert", *argv], capture_output=True, text=True, cwd=ROOT,
-                          timeout=120)
-
-
-def test_cli_subprocess_success_and_one_line_error(tmp_path):
+def test_cli_success_and_one_line_errors(tmp_path, capsys):
+    """The success line and a missing file's one line; the latter from `python -m data.convert` as a user runs it."""
     src = FX.write_okvqa(str(tmp_path / "src"))
     out = str(tmp_path / "out")
-    r = cli("okvqa", "--src", src, "--out", out)
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == f"wrote 3 train / 2 test samples to {out}"
+    convert.main(["okvqa", "--src", src, "--out", out])
+    assert capsys.readouterr().out.strip() == f"wrote 3 train / 2 test samples to {out}"
     train, test = expected("okvqa", src)
     assert rows(os.path.join(out, "train.jsonl")) == train and rows(os.path.join(out, "test.jsonl")) == test
     os.remove(os.path.join(src, "mscoco_val2014_annotations.json"))
-    r = cli("okvqa", "--src", src, "--out", str(tmp_path / "out2"))
+    r = subprocess.run([sys.executable, "-m", "data.convert", "okvqa", "--src", src, "--out", str(tmp_path / "out2")],
+                       capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert r.returncode != 0 and r.stderr.splitlines() == [
         f"error: {os.path.join(src, 'mscoco_val2014_annotations.json')}: not found (expected OK-VQA's val annotations)"]
     assert not os.path.exists(tmp_path / "out2")
-    r = cli("coco", "--src", src, "--out", out)                   # argparse errors are one line too
-    assert r.returncode != 0 and len(r.stderr.splitlines()) == 1 and r.stderr.startswith("error: argument dataset")
+    assert fails(capsys, ["coco", "--src", src, "--out", out]).startswith("error: argument dataset")   # argparse's too
 
 
 def fails(capsys, argv):

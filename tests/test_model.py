@@ -1,5 +1,4 @@
 """LoRA / projector plumbing and the Hugging Face loading path, on tiny models saved to a temp dir (no network)."""
-import numpy as np
 import pytest
 import torch
 

@@ -3,7 +3,6 @@
 LLM's chat template. Converters themselves: test_convert.py."""
 import json
 import os
-import shutil
 
 import numpy as np
 import pytest

@@ -19,7 +19,7 @@ def test_shipped_key_is_the_builders_key_for_the_default():
     """Fails whenever the vocabulary, the text corpus, the steps / batch, the encoders' corpus, an architecture or
     BUILD_REVISION changed without a rebuild (independent of MLLM_CL_TINY_STEPS)."""
     with open(shipped("KEY")) as f:
-        assert f.read().strip() == tiny.build_key(steps=tiny.DEFAULT_STEPS), STALE
+        assert f.read().strip() == tiny.recipe_key(tiny.DEFAULT_STEPS) == tiny.build_key(steps=tiny.DEFAULT_STEPS), STALE
 
 
 def test_shipped_parts_load_with_the_builders_vocabulary_and_configs():
@@ -60,3 +60,24 @@ def test_rebuild_refuses_a_test_budget(tmp_path):
     with pytest.raises(SystemExit, match="MLLM_CL_TINY_STEPS"):
         tiny.rebuild(str(tmp_path / "base"))
     assert not os.listdir(tmp_path)
+
+
+def test_key_cache_is_named_by_the_code_it_is_drawn_from(tmp_path, monkeypatch):
+    """build_key is read from cache/keys/ only under the hash of this code: editing data/generate.py (or the steps)
+    names another entry, so a stale key is never read."""
+    import data.generate
+    monkeypatch.setattr(tiny, "CACHE", str(tmp_path))
+    keys = tmp_path / "keys"
+    tiny._key.cache_clear()
+    try:
+        key = tiny.build_key(steps=30)
+        assert key == tiny.recipe_key(30) and [p.read_text() for p in keys.iterdir()] == [key]
+        tiny._key.cache_clear()
+        assert tiny.build_key(steps=30) == key and len(os.listdir(keys)) == 1          # read back, not redrawn
+        edited = tmp_path / "generate.py"
+        edited.write_bytes(open(data.generate.__file__, "rb").read() + b"\n# edited\n")
+        monkeypatch.setattr(data.generate, "__file__", str(edited))
+        tiny._key.cache_clear()
+        assert tiny.build_key(steps=30) == key and len(os.listdir(keys)) == 2          # a new entry for new code
+    finally:
+        tiny._key.cache_clear()

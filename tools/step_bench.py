@@ -13,7 +13,7 @@ Nothing is written: --output-dir defaults to /tmp/step_bench (only checked, neve
 import os, statistics, sys, time
 
 import torch
-from torch.profiler import ProfilerActivity, profile, record_function
+from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -178,7 +178,7 @@ print(f"  generate {name}: top ops by self CPU time:")
 for e in sorted(ev, key=lambda e: -e.self_cpu_time_total)[:10]:
     print(f"    {e.key:45s} {100 * e.self_cpu_time_total / tot:5.1f} %  {e.count:6d} calls")
 
-print(f"\n| batch | positions/sample | ms/step | GFLOP/step | GFLOP/s | BLAS alone, gate/up shape, best of 200 |")
+print("\n| batch | positions/sample | ms/step | GFLOP/step | GFLOP/s | BLAS alone, gate/up shape, best of 200 |")
 print("|---|---|---|---|---|---|")
 for r in res:
     print(f"| {r['kind']} (16) | {r['L']} | {r['ms']:.1f} | {r['gflop']:.2f} | {r['gflops']:.1f} | "
