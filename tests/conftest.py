@@ -45,19 +45,25 @@ def _in_process(script, argv):
         code = e.code if isinstance(e.code, int) else 1
         if isinstance(e.code, str):
             err.write(e.code + "\n")
+        _close_runs()       # here, while the exception's traceback still holds the run that stopped
     finally:
         os.chdir(cwd)
-        import gc
-        import warnings
-        from common import Run
-        with warnings.catch_warnings():   # (isinstance on every live object touches torch's deprecated aliases)
-            warnings.simplefilter("ignore")
-            runs = [o for o in gc.get_objects() if isinstance(o, Run)]
-        for run in runs:
-            run.close()                 # what the end of a process does: a run that stopped on an error held its lock
+        _close_runs()
         for s, h in handlers.items():   # Run installs SIGINT / SIGTERM handlers; a run that errors leaves them
             signal.signal(s, h)
     return subprocess.CompletedProcess([script, *argv], code, out.getvalue(), err.getvalue())
+
+
+def _close_runs():
+    """What the end of a process does for a run that stopped on an error: release its folder's lock."""
+    import gc
+    import warnings
+    from common import Run
+    with warnings.catch_warnings():   # (isinstance on every live object touches torch's deprecated aliases)
+        warnings.simplefilter("ignore")
+        runs = [o for o in gc.get_objects() if isinstance(o, Run)]
+    for run in runs:
+        run.close()
 
 
 class Crash(BaseException):

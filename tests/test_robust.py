@@ -148,42 +148,65 @@ def test_nonfinite_weights_save_nothing_of_the_task(tmp_path, keep_signal_handle
 
 
 # ---------------------------------------------------------------------------------------------- interruption
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_interrupt_then_resume_gives_the_same_results(sig, reference, tmp_path):
-    """Ctrl-C / SIGTERM after task 1 is checkpointed: one line, exit 130 / 143, a consistent folder; --resume
-    gives the uninterrupted run's results. After SIGTERM the resumed run first diverges (--lr 1e4): that task saves
-    nothing and a second --resume (usual lr) still ends with the uninterrupted results."""
+def test_ctrl_c_then_resume_gives_the_same_results(reference, tmp_path):
+    """Ctrl-C of the script's process after task 1 is checkpointed: one line, exit 130, a consistent folder;
+    --resume gives the uninterrupted run's results."""
     out = tmp_path / "run"
     p = start(out)
     wait_done(p, out, 1)
-    p.send_signal(sig)
+    p.send_signal(signal.SIGINT)
     err = p.communicate(timeout=120)[1]
     k = done(out)
-    assert p.returncode == 128 + sig
+    assert p.returncode == 130
     assert one_line(err) == f"interrupted in task {k + 1} ({NAMES[k]}); --resume continues after task {k}"
     assert not (out / "results.json").exists() and not leftovers(out)
-    if sig == signal.SIGTERM:
-        r = run_script("baselines.py", out, *SMOKE, "--resume", "--lr", "1e4", check=False)
-        line = one_line(r.stderr)           # (2 steps: here the weights go non-finite while the loss is finite)
-        assert line.startswith(f"error: task {k + 1}/3 {NAMES[k]}: ") and "diverged" in line and "lower --lr" in line
-        assert done(out) == k and not os.path.exists(out / "checkpoints" / f"task{k}_{NAMES[k]}")
-        assert (out / "checkpoints" / f"task{k - 1}_{NAMES[k - 1]}" / "resume.pt").exists()
-        assert not (out / "results.json").exists()
     r = run_script("baselines.py", out, *SMOKE, "--resume")
     assert f"resuming {out} after step {k}/3" in r.stdout
     assert same_results(reference, out)
 
 
-def test_interrupt_before_any_task_finished(tmp_path):
+def sigterm_after(monkeypatch, module, name):
+    """Make `module.name` send this process SIGTERM after it returns (the handler Run installed acts at once)."""
+    fn = getattr(module, name)
+
+    def then_sigterm(*a, **k):
+        out = fn(*a, **k)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return out
+    monkeypatch.setattr(module, name, then_sigterm)
+
+
+def test_sigterm_then_a_diverged_resume_then_resume(reference, tmp_path, monkeypatch, keep_signal_handlers):
+    """SIGTERM (a scheduler's stop) right after task 1 is checkpointed, sent in this process (same handler as
+    Ctrl-C above): one line, exit 143. The resumed run first diverges (--lr 1e4): that task saves nothing, and a
+    second --resume (usual lr) still ends with the uninterrupted results."""
     out = tmp_path / "run"
-    p = start(out)
-    wait_done(p, out, 0)                   # the run folder holds state.json (done 0) from the start
-    p.send_signal(signal.SIGINT)
-    err = p.communicate(timeout=120)[1]
-    if done(out) == 0:                     # (a fast machine may have finished task 1 meanwhile)
-        assert p.returncode == 130
-        assert one_line(err) == f"interrupted in task 1 ({NAMES[0]}); --resume starts from the beginning"
-        assert not leftovers(out) and not (out / "checkpoints").exists()
+    with monkeypatch.context() as m:
+        sigterm_after(m, C.Run, "end_task")
+        r = run_script("baselines.py", out, *SMOKE, check=False)
+    assert r.returncode == 143 and done(out) == 1
+    assert one_line(r.stderr) == f"interrupted in task 2 ({NAMES[1]}); --resume continues after task 1"
+    assert not (out / "results.json").exists() and not leftovers(out)
+    r = run_script("baselines.py", out, *SMOKE, "--resume", "--lr", "1e4", check=False)
+    line = one_line(r.stderr)               # (2 steps: here the weights go non-finite while the loss is finite)
+    assert line.startswith(f"error: task 2/3 {NAMES[1]}: ") and "diverged" in line and "lower --lr" in line
+    assert done(out) == 1 and not os.path.exists(out / "checkpoints" / f"task1_{NAMES[1]}")
+    assert (out / "checkpoints" / f"task0_{NAMES[0]}" / "resume.pt").exists()
+    assert not (out / "results.json").exists()
+    r = run_script("baselines.py", out, *SMOKE, "--resume")
+    assert "resuming {} after step 1/3".format(out) in r.stdout
+    assert same_results(reference, out)
+
+
+def test_interrupt_before_any_task_finished(tmp_path, monkeypatch, keep_signal_handlers):
+    """SIGTERM in task 1's first training step: nothing to resume from, and the line says so."""
+    import baselines
+    out = tmp_path / "run"
+    sigterm_after(monkeypatch, baselines, "check_finite")
+    r = run_script("baselines.py", out, *SMOKE, check=False)
+    assert r.returncode == 143 and done(out) == 0
+    assert one_line(r.stderr) == f"interrupted in task 1 ({NAMES[0]}); --resume starts from the beginning"
+    assert not leftovers(out) and not (out / "checkpoints").exists()
 
 
 # ---------------------------------------------------------------------------------------------- concurrency
