@@ -12,6 +12,11 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("MLLM_CL_TINY_STEPS", "30")
 
 
+def pytest_configure(config):
+    # the library deprecation common.py silences for users (pytest resets warning filters for every test)
+    config.addinivalue_line("filterwarnings", "ignore:.*is_gradient_checkpointing.*:FutureWarning")
+
+
 def run_script(script, out, *flags, check=True, timeout=300, process=False):
     """Run `<script> --output-dir out <flags>` from the repository root; returns a CompletedProcess. By default the
     script's main(argv) runs in this process: the same code path minus the interpreter start (importing torch,
