@@ -78,8 +78,8 @@ class Crash(BaseException):
 def crash_and_resume(script, out, *flags, after=1):
     """Run the script in this process and crash it in task `after` + 1, once that task has trained and before it is
     evaluated or checkpointed (what a kill -9 there would leave); check nothing looks finished, then `--resume` it
-    to the end. Returns the number of tasks that were done at the crash. (The real kill -9, SIGINT and SIGTERM of a
-    process, with resume: test_robust.py.)"""
+    to the end. Returns the number of tasks that were done at the crash. (kill -9 and Ctrl-C of a real process, with
+    resume: test_robust.py.)"""
     import pytest
 
     from common import Run
@@ -105,7 +105,8 @@ def same_results(a, b):
     projectors, byte for byte), which show a difference that greedy decoding hides."""
     import glob
     ra, rb = (json.load(open(os.path.join(d, "results.json"))) for d in (a, b))
-    weights = [sorted(glob.glob(os.path.join(d, "checkpoints", "*", "**", "*.safetensors"), recursive=True)) for d in (a, b)]
+    weights = [sorted(glob.glob(os.path.join(d, "checkpoints", "*", "**", "*.safetensors"), recursive=True))
+               for d in (a, b)]
     assert weights[0] and [os.path.relpath(p, a) for p in weights[0]] == [os.path.relpath(p, b) for p in weights[1]]
     return all(ra[k] == rb[k] for k in ("R", "zero_shot", "text", "metrics")) and all(
         open(pa, "rb").read() == open(pb, "rb").read() for pa, pb in zip(*weights))
