@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 if __package__ in (None, ""):                     # `python data/tiny.py`: make the repository root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common import CACHE, MLLM, ce_loss
+from common import CACHE, MLLM, atomic_write, ce_loss
 from data.load import Sample   # noqa: E402
 
 SHIPPED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tiny_base")
@@ -101,10 +101,7 @@ def _key(steps):
         key = recipe_key(steps)
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
-            f.write(key)
-        os.replace(tmp, path)
+        atomic_write(path, key)
     except OSError:          # a read-only cache/: the key is drawn again next time
         pass
     return key
