@@ -51,9 +51,11 @@ def _in_process(script, argv):
         if isinstance(e.code, str):
             err.write(e.code + "\n")
         _close_runs()       # here, while the exception's traceback still holds the run that stopped
+    except BaseException:
+        _close_runs()
+        raise
     finally:
         os.chdir(cwd)
-        _close_runs()
         for s, h in handlers.items():   # Run installs SIGINT / SIGTERM handlers; a run that errors leaves them
             signal.signal(s, h)
     return subprocess.CompletedProcess([script, *argv], code, out.getvalue(), err.getvalue())

@@ -194,7 +194,7 @@ def test_sigterm_then_a_diverged_resume_then_resume(reference, tmp_path, monkeyp
     assert (out / "checkpoints" / f"task0_{NAMES[0]}" / "resume.pt").exists()
     assert not (out / "results.json").exists()
     r = run_script("baselines.py", out, *SMOKE, "--resume")
-    assert "resuming {} after step 1/3".format(out) in r.stdout
+    assert f"resuming {out} after step 1/3" in r.stdout
     assert same_results(reference, out)
 
 
