@@ -72,11 +72,14 @@ def keep_signal_handlers():
 
 
 # ---------------------------------------------------------------------------------------------- divergence
+DIVERGE_LR = "1e20"    # the first Adam step overflows float32 on any CPU; at 1e4 the diverging step depends on the CPU
+
+
 def test_divergence_stops_with_one_line_and_writes_no_results(tmp_path):
     """The issue's command: every projector weight went NaN and a normal-looking results.json said 0.0."""
-    out = tmp_path / "run"     # lr 1e20: a first step that overflows on any CPU (1e4 did on one, not on another)
-    r = run_script("baselines.py", out, "--method", "finetune", "--lr", "1e20", "--max-steps", "5", "--train-limit", "16",
-                   "--test-limit", "4", check=False)
+    out = tmp_path / "run"
+    r = run_script("baselines.py", out, "--method", "finetune", "--lr", DIVERGE_LR, "--max-steps", "5",
+                   "--train-limit", "16", "--test-limit", "4", check=False)
     line = one_line(r.stderr)
     assert r.returncode == 1
     assert line.startswith("error: task 1/6 audio-cap: diverged at step ") and "(loss nan)" in line and "lower --lr" in line
@@ -92,16 +95,17 @@ def test_divergence_stops_with_one_line_and_writes_no_results(tmp_path):
     ("baselines", ["--method", "olora"], "task 1/6 audio-cap", "--lr"),
     ("moincl", [], "task 1/6 audio-cap", "--lr"),
     ("mr_lora", ["--router-epochs", "4"], "task 1/6 audio-cap", "--lr"),                      # an expert
-    ("mr_lora", ["--router-epochs", "4", "--router-lr", "1e20", "--lr", "1e-3"], "router 1/6", "--router-lr"),
+    ("mr_lora", ["--router-epochs", "4", "--router-lr", DIVERGE_LR, "--lr", "1e-3"], "router 1/6", "--router-lr"),
     ("mera", ["--scenario", "mcl"], "task 1/3 image", "--lr"),                                 # fine-tuning
-    ("mera", ["--scenario", "mcl", "--realign-lr", "1e20", "--lr", "1e-3"], "realign after task 1", "--realign-lr"),
+    ("mera", ["--scenario", "mcl", "--realign-lr", DIVERGE_LR, "--lr", "1e-3"], "realign after task 1", "--realign-lr"),
 ])
 def test_every_training_loop_checks_its_loss(script, flags, where, flag, tmp_path, keep_signal_handlers):
     """The loss check (not only the weights check after the task) fires in every method's loop: 'at step k'."""
     main = importlib.import_module(script).main
     out = tmp_path / "run"
     with pytest.raises(SystemExit) as e:
-        main(["--output-dir", str(out), "--train-limit", "8", "--test-limit", "1", "--max-steps", "4", "--lr", "1e20", *flags])
+        main(["--output-dir", str(out), "--train-limit", "8", "--test-limit", "1", "--max-steps", "4",
+              "--lr", DIVERGE_LR, *flags])
     msg = str(e.value.code)
     assert msg.startswith(f"error: {where}: diverged at step ") and f"try a lower {flag} " in msg, msg
     assert not (out / "results.json").exists() and not (out / "checkpoints").exists()
