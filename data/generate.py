@@ -22,6 +22,7 @@ tiny base LLM is pretrained on, so a new world's vocabulary reaches the tokenize
     python -m data.generate --scenario micl --seed 0 --out cache/data/seed0
 """
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -32,6 +33,11 @@ import av
 import numpy as np
 import soundfile as sf
 from PIL import Image, ImageDraw
+
+try:
+    import fcntl                  # POSIX; without it runs started side by side on a fresh cache are not serialised
+except ImportError:
+    fcntl = None
 
 IMG = 40                      # image / video frame side (pixels)
 SR = 16000                    # audio sample rate
@@ -509,15 +515,26 @@ def build(root, tasks, seed):
                 if sum(1 for _ in f) != n:
                     return False
         return True
-    missing = [t for t in list(tasks) + ["text"] if not complete(t)]
-    if missing:
-        print(f"generating the synthetic benchmark into {root} ...", flush=True)
-    for t in missing:
-        shutil.rmtree(os.path.join(root, t), ignore_errors=True)   # a half-written task from a crash
-        write_text_task(root, seed) if t == "text" else write_task(root, t, seed)
-        with open(os.path.join(root, t, "DONE"), "w") as f:
-            f.write(GENERATOR_ID)
+    with locked(root):        # runs started at once on a fresh cache: one draws, the others wait, then read it
+        missing = [t for t in list(tasks) + ["text"] if not complete(t)]
+        if missing:
+            print(f"generating the synthetic benchmark into {root} ...", flush=True)
+        for t in missing:
+            shutil.rmtree(os.path.join(root, t), ignore_errors=True)   # a half-written task from a crash
+            write_text_task(root, seed) if t == "text" else write_task(root, t, seed)
+            with open(os.path.join(root, t, "DONE"), "w") as f:
+                f.write(GENERATOR_ID)
     return root
+
+
+@contextlib.contextmanager
+def locked(root):
+    """Hold root/.lock (blocking flock; the OS drops it when the process dies, so a crash leaves no stale lock)."""
+    os.makedirs(root, exist_ok=True)
+    with open(os.path.join(root, ".lock"), "a") as f:
+        if fcntl is not None:
+            fcntl.flock(f, fcntl.LOCK_EX)
+        yield
 
 
 def text_corpus(seed=12345, n_per_task=400, n_text=4000, n_letter=1500):

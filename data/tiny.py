@@ -128,9 +128,12 @@ def build_tiny(cache=CACHE):
     there on first use."""
     key = build_key()
     root = SHIPPED if shipped_key() == key else os.path.join(cache, f"tiny-{key}")
-    if root != SHIPPED and not os.path.exists(os.path.join(root, "DONE")):
-        _build(root, PRETRAIN_STEPS)
-        open(os.path.join(root, "DONE"), "w").close()
+    if root != SHIPPED:
+        from data.generate import locked
+        with locked(root):               # two runs started at once: one builds, the other waits for its DONE
+            if not os.path.exists(os.path.join(root, "DONE")):
+                _build(root, PRETRAIN_STEPS)
+                open(os.path.join(root, "DONE"), "w").close()
     return dict({k: os.path.join(root, k) for k in PARTS}, name=f"tiny-{key}")
 
 

@@ -226,3 +226,21 @@ def test_build_redraws_a_task_cached_at_another_size(tmp_path, monkeypatch):
     G.build(str(tmp_path), ["image"], 0)
     big = open(tmp_path / "image/test.jsonl").read().splitlines()
     assert len(small) == 2 and len(big) == 4 and big[:2] == small
+
+
+def test_build_waits_for_a_build_in_progress(tmp_path, monkeypatch):
+    """Two runs started at once on a fresh cache must not both draw (one would delete the other's half-written
+    task): while another process holds root/.lock, build() waits, then finds the data complete or draws it."""
+    import fcntl
+    import threading
+    monkeypatch.setattr(G, "TEXT_SIZES", {"train": 2, "test": 2})
+    monkeypatch.setattr(G, "MIXED_SIZES", {"train": 3, "test": 2})
+    holder = open(tmp_path / ".lock", "a")            # a separate open file: flock conflicts as with another process
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    th = threading.Thread(target=G.build, args=(str(tmp_path), ["image"], 0))
+    th.start()
+    th.join(1.0)
+    assert th.is_alive() and not (tmp_path / "image").exists()    # waiting, nothing drawn
+    holder.close()                                                # the other process ends: its lock goes
+    th.join(30)
+    assert not th.is_alive() and (tmp_path / "image/DONE").read_text() == G.GENERATOR_ID

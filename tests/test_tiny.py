@@ -40,7 +40,8 @@ def test_shipped_parts_load_with_the_builders_vocabulary_and_configs():
 
 def test_build_tiny_uses_the_shipped_base_only_for_its_key(tmp_path, monkeypatch):
     built = []
-    monkeypatch.setattr(tiny, "_build", lambda root, steps: (built.append((root, steps)), os.makedirs(root)))
+    monkeypatch.setattr(tiny, "_build", lambda root, steps: (built.append((root, steps)),
+                                                             os.makedirs(root, exist_ok=True)))
     key = tiny.build_key(steps=tiny.DEFAULT_STEPS)
     monkeypatch.setattr(tiny, "PRETRAIN_STEPS", tiny.DEFAULT_STEPS)
     paths = tiny.build_tiny(cache=str(tmp_path))
