@@ -56,6 +56,28 @@ def test_build_tiny_uses_the_shipped_base_only_for_its_key(tmp_path, monkeypatch
     assert len(built) == 1, "a finished cache/ build is reused"
 
 
+
+def test_build_tiny_waits_for_a_build_in_progress(tmp_path, monkeypatch):
+    """Two runs that need the same cache/ base at once: the second waits on the folder's lock for the first's DONE
+    and then uses it, instead of pretraining a second copy into the same folder."""
+    import fcntl
+    import threading
+    built = []
+    monkeypatch.setattr(tiny, "_build", lambda root, steps: (built.append(root), os.makedirs(root, exist_ok=True)))
+    monkeypatch.setattr(tiny, "PRETRAIN_STEPS", 30)
+    root = tmp_path / f"tiny-{tiny.build_key(steps=30)}"
+    root.mkdir()
+    holder = open(root / ".lock", "a")                # a separate open file: flock conflicts as with another process
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    th = threading.Thread(target=tiny.build_tiny, kwargs={"cache": str(tmp_path)})
+    th.start()
+    th.join(1.0)
+    assert th.is_alive() and not built                # waiting for the lock
+    (root / "DONE").write_text("")                    # the other process finishes its build, then its lock goes
+    holder.close()
+    th.join(30)
+    assert not th.is_alive() and not built, "the finished build is used, not built again"
+
 def test_rebuild_refuses_a_test_budget(tmp_path):
     """Only the 600-step default may be written as the shipped base (the tests run with MLLM_CL_TINY_STEPS=30)."""
     assert tiny.PRETRAIN_STEPS != tiny.DEFAULT_STEPS
