@@ -11,7 +11,7 @@ JOBS=${JOBS:-1}
 SEEDS=${SEEDS:-"0 1 2"}
 [ "$JOBS" -gt 1 ] && export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 mkdir -p runs/logs
-# the tiny base and every seed's data are built once up front: runs side by side would race on cache/
+# the tiny base and every seed's data are built once up front (runs side by side would otherwise wait on each other)
 python - $SEEDS <<'EOF'
 import sys
 from data.load import synthetic_root
