@@ -8,12 +8,12 @@ before the loss.
     python tools/logits_memory.py full   [B L T]       # MLLM.forward's way: lm_head on every position -> ce_loss
     python tools/logits_memory.py target [B L T]       # lm_head on the N = B*T target positions only
 """
-import resource, sys
+import os, resource, sys
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, __file__.rsplit("/tools/", 1)[0])
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common import ce_loss
 
 mode, (B, L, T) = sys.argv[1], (list(map(int, sys.argv[2:5])) or [16, 81, 12])
