@@ -16,7 +16,11 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common import ce_loss
 
+if len(sys.argv) not in (2, 5) or sys.argv[1] not in ("full", "target") or not all(a.isdigit() for a in sys.argv[2:]):
+    sys.exit("usage: python tools/logits_memory.py full|target [B L T]  (T target tokens per sample, T < L)")
 mode, (B, L, T) = sys.argv[1], (list(map(int, sys.argv[2:5])) or [16, 81, 12])
+if not (B >= 1 and 1 <= T < L):
+    sys.exit(f"tools/logits_memory.py: need B >= 1 and 1 <= T < L, got B {B} L {L} T {T}")
 V, D = 151936, 896
 torch.manual_seed(0)
 head = torch.nn.Linear(D, V, bias=False).to(torch.bfloat16).requires_grad_(False)   # frozen, as the LLM's
@@ -27,11 +31,9 @@ rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20        
 before = rss()
 if mode == "full":
     loss = ce_loss(head(h).float(), labels)                                          # (B, L, V) float32
-elif mode == "target":
+else:
     keep = labels[:, 1:] != -100                                                     # position i predicts i + 1
     loss = F.cross_entropy(head(h[:, :-1][keep]).float(), labels[:, 1:][keep])       # (N, V) float32
-else:
-    sys.exit("tools/logits_memory.py: first argument must be full or target")
 loss.backward()
 print(f"{mode}: B {B} L {L} targets/sample {T} V {V}: loss {loss.item():.4f}, peak RSS {rss():.2f} GiB "
       f"({rss() - before:+.2f} GiB for the loss and its backward; (B, L, V) float32 is {B * L * V * 4 / 2**30:.2f} GiB)")
