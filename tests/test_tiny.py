@@ -56,7 +56,6 @@ def test_build_tiny_uses_the_shipped_base_only_for_its_key(tmp_path, monkeypatch
     assert len(built) == 1, "a finished cache/ build is reused"
 
 
-
 def test_build_tiny_waits_for_a_build_in_progress(tmp_path, monkeypatch):
     """Two runs that need the same cache/ base at once: the second waits on the folder's lock for the first's DONE
     and then uses it, instead of pretraining a second copy into the same folder."""
@@ -77,6 +76,7 @@ def test_build_tiny_waits_for_a_build_in_progress(tmp_path, monkeypatch):
     holder.close()
     th.join(30)
     assert not th.is_alive() and not built, "the finished build is used, not built again"
+
 
 def test_rebuild_refuses_a_test_budget(tmp_path):
     """Only the 600-step default may be written as the shipped base (the tests run with MLLM_CL_TINY_STEPS=30)."""
