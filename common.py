@@ -16,10 +16,8 @@ import math
 import os
 import platform
 import random
-import re
 import shutil
 import signal
-import string
 import sys
 import threading
 import time
@@ -32,6 +30,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 import warnings
+
+from data.score import SCALE, score_predictions, score_samples, task_rule   # noqa: F401  (re-exported for the methods)
 
 try:
     import fcntl                      # run-folder lock (POSIX); without it runs are not guarded against each other
@@ -450,89 +450,7 @@ def batches(samples, args, t, desc=None, epochs=None, opt=None):
 
 
 # ================================================================================================== metrics
-_ARTICLES = {"a", "an", "the"}
-_NUM = {w: str(i) for i, w in enumerate(["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"])}
-_PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
-
-
-def normalize_answer(s):
-    """VQA-style: lower-case, strip punctuation and articles, number words -> digits."""
-    words = _PUNCT.sub(" ", s.lower()).split()
-    return " ".join(_NUM.get(w, w) for w in words if w not in _ARTICLES)
-
-
-def qa_score(pred, answers):
-    """100 if the normalised prediction equals any normalised answer, else 0."""
-    return 100.0 * (normalize_answer(pred) in {normalize_answer(a) for a in answers})
-
-
-def vqa_accuracy(pred, annotators):
-    """VQA accuracy (as MoInCL's evaluation scores OK-VQA / Clotho-AQA), on normalised strings:
-        acc = 100 * min(1, #annotators whose answer equals the prediction / 3)"""
-    p = normalize_answer(pred)
-    return 100.0 * min(1.0, sum(normalize_answer(a) == p for a in annotators) / 3)
-
-
-def _ngrams(words, n):
-    out = {}
-    for k in range(1, n + 1):
-        for i in range(len(words) - k + 1):
-            g = tuple(words[i:i + k])
-            out[g] = out.get(g, 0) + 1
-    return out
-
-
-def cider_d(cands, refs, n=4, sigma=6.0):
-    """CIDEr-D (Vedantam et al. 2015, as in coco-caption), per sample, on a 0-100 scale (raw x 10).
-
-        g^n(x) = tf-idf vector of x's n-grams, idf from the document frequency over all references (of this set)
-        CIDEr-D_n(c, S) = 10/|S| sum_s  exp(-(l_c - l_s)^2 / (2 sigma^2)) * <min(g^n(c), g^n(s)), g^n(s)> / (|g^n(c)| |g^n(s)|)
-        CIDEr-D(c, S)   = 1/4 sum_{n=1..4} CIDEr-D_n(c, S)          in [0, 10]; we report x 10 -> [0, 100].
-    """
-    tokenize = lambda s: _PUNCT.sub(" ", s.lower()).split()
-    ref_ng = [[_ngrams(tokenize(r), n) for r in rs] for rs in refs]
-    df = {}
-    for rs in ref_ng:
-        for g in set().union(*[set(r) for r in rs]):
-            df[g] = df.get(g, 0) + 1
-    log_n = math.log(float(len(refs)))
-
-    def vec(counts):
-        v, norm = [{} for _ in range(n)], [0.0] * n
-        for g, tf in counts.items():
-            k = len(g) - 1
-            v[k][g] = tf * (log_n - math.log(max(1.0, df.get(g, 0.0))))
-            norm[k] += v[k][g] ** 2
-        return v, [math.sqrt(x) for x in norm], sum(tf for g, tf in counts.items() if len(g) == 1)
-
-    scores = []
-    for c, rs in zip(cands, ref_ng):
-        vc, nc, lc = vec(_ngrams(tokenize(c), n))
-        total = 0.0
-        for r in rs:
-            vr, nr, lr = vec(r)
-            sim = 0.0
-            for k in range(n):
-                val = sum(min(x, vr[k].get(g, 0.0)) * vr[k].get(g, 0.0) for g, x in vc[k].items())
-                if nc[k] != 0 and nr[k] != 0:
-                    val /= nc[k] * nr[k]
-                sim += val * math.exp(-((lc - lr) ** 2) / (2 * sigma ** 2))
-            total += sim / n
-        scores.append(100.0 * total / len(rs))     # 10 * mean over refs, then x10 for the 0-100 scale
-    return scores
-
-
-def score_predictions(samples, preds):
-    """Task score (0-100): mean per-sample score; QA samples by VQA accuracy when they keep their annotators'
-    answers, else by exact match; captions by CIDEr-D against their `references` (default [target]; idf over the
-    references of this set)."""
-    qa = [vqa_accuracy(p, s.annotators) if s.annotators else qa_score(p, s.answers)
-          for s, p in zip(samples, preds) if s.answers is not None]
-    caps = [(p, s.references or [s.target]) for s, p in zip(samples, preds) if s.answers is None]
-    cap = cider_d([c for c, _ in caps], [r for _, r in caps]) if caps else []
-    return float(np.mean(qa + cap))
-
-
+# How a prediction is scored (each task's rule, VQA answer processing, coco-caption tokens, CIDEr-D): data/score.py
 def evaluate(predict, task):
     """Score of `predict` (list[Sample] -> list[str]) on a task's test split."""
     return score_predictions(task.test, predict(task.test))
@@ -773,6 +691,7 @@ class Run:
         res = {"method": self.args.run_name, "args": {k: v for k, v in vars(self.args).items() if k != "fingerprint"},
                "tasks": [t.name for t in self.tasks], "steps": self.steps, "R": R, "zero_shot": s["zero_shot"], "text": s["text"],
                "metrics": metrics, "brg_steps": brg_steps(R) if len(R) == len(R[0]) else None,
+               "scoring": {t.name: task_rule(t.test) for t in self.tasks + [self.text] * (self.text is not None)},
                "timings": s["timings"], "environment": environment(self.args),
                "fingerprint": self.args.fingerprint}
         with self._uninterrupted():       # results.json last: it is what marks a run finished
@@ -917,6 +836,9 @@ def results_markdown(res):
     lines += ["", "| metric | value |", "|---|---|"] + [f"| {k} | {v:.2f} |" for k, v in m.items() if isinstance(v, (int, float))]
     if res.get("brg_steps"):
         lines.append("| brg after steps 2..T | " + " / ".join(f"{x:.1f}" for x in res["brg_steps"]) + " |")
+    if res.get("scoring"):              # every table names its scale
+        lines += ["", "Scores 0-100 per task; " + "; ".join(f"{t}: {' + '.join(SCALE[r] for r in rule.split('+'))}"
+                                                         for t, rule in res["scoring"].items()) + "."]
     return f"### {res['method']} ({res['args']['scenario']}, order {res['args']['order']}, seed {res['args']['seed']})\n\n" + "\n".join(lines) + "\n"
 
 

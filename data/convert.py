@@ -32,6 +32,11 @@ Datasets and what `--src` must hold (train -> train.jsonl, test -> test.jsonl; o
               text-only set: the last --test-size items are the test split; --max-words N keeps only items whose
               output has at most N words (filtered before splitting).
 
+Every line names its scoring rule (`metric`, data/score.py) as the benchmark's own evaluation scores it: captions
+`cider` (papers' scale), OK-VQA / Clotho-AQA `vqa`, MSVD-QA and alpaca `exact`, llava by MLLM-CL's rule for the
+domain / ability its --src folder is named after (RS, Med, AD, OCR, VP: `contains`; Sci, Fin, Math: `exact`; APP:
+`letter`), or --metric.
+
 Captioning: instruction `describe the <modality>.`; train has one line per (media, caption), test one line per
 media with target = its first caption and references = all of them.  QA with annotators: target = the most
 frequent answer after VQA normalisation (ties: first given), as the raw string first given for it.
@@ -44,7 +49,8 @@ import sys
 import tempfile
 from collections import Counter
 
-from common import UserError, normalize_answer
+from common import UserError
+from data.score import RULES, normalize_answer
 from data.generate import caption_instruction
 
 
@@ -281,6 +287,7 @@ def llava(src, args):
                     raise UserError(f"{where}: a human turn holds nothing but the <image> marker")
                 rows.append(qa(base + (f"/{k}" if len(pairs) > 1 else ""), "image", media, question,
                                answer.strip(), [answer.strip()]))
+                rows[-1]["metric"] = llava_rule(src, media, args.metric)
         out.append(rows)
     return tuple(out)
 
@@ -302,6 +309,30 @@ def alpaca(src, args):
         kept = "" if args.max_words is None else f" with at most {args.max_words} output words"
         raise UserError(f"{path}: {len(rows)} items{kept} leave none for training after --test-size {args.test_size}")
     return rows[:-args.test_size], rows[-args.test_size:]             # --test-size >= 1 (checked in main)
+
+
+# Each benchmark's scoring rule (data/score.py), as the papers' evaluation scores it: MoInCL's captions by
+# pycocoevalcap CIDEr (papers' scale), OK-VQA / Clotho-AQA by VQA accuracy, MSVD-QA by VQA-processed exact match;
+# alpaca's text-only set by exact match. llava: per MLLM-CL domain / ability (llava_rule).
+RULE = {"flickr30k": "cider", "msrvtt": "cider", "audiocaps": "cider", "okvqa": "vqa", "clotho-aqa": "vqa",
+        "msvd-qa": "exact", "alpaca": "exact"}
+# MLLM-CL's evaluation scripts, by the folder names of its data release (RS, Med, AD, Sci, Fin; OCR, Math, VP, APP
+# and their *_test folders): substring for RS / Med / AD / OCRBench / CV-Bench count, exact match for Fin and for
+# Sci's multiple-choice sources (AI2D, TQA, SciVerse, VQA image names; its MapQA items by substring), the option
+# letter for the GUI test (MMT-Bench). MathVista's answer extraction needs GPT: exact match on the short answer here.
+MLLM_CL_RULES = {"rs": "contains", "med": "contains", "ad": "contains", "sci": "exact", "fin": "exact",
+                 "ocr": "contains", "math": "exact", "vp": "contains", "app": "letter"}
+_SCI_EXACT = ("AI2D", "TQA", "VQA", "SciVerse")
+
+
+def llava_rule(src, image, flag):
+    """--metric, else MLLM-CL's rule for the domain / ability that --src names (its folder name), else exact."""
+    if flag:
+        return flag
+    domain = os.path.basename(os.path.normpath(src)).lower().removesuffix("_test")
+    if domain == "sci":
+        return "exact" if os.path.basename(image).split("_")[0] in _SCI_EXACT else "contains"
+    return MLLM_CL_RULES.get(domain, "exact")
 
 
 DATASETS = {"flickr30k": flickr30k, "okvqa": okvqa, "msrvtt": msrvtt, "msvd-qa": msvd_qa, "audiocaps": audiocaps,
@@ -361,6 +392,9 @@ def main(argv=None):
     p.add_argument("--image-root", help="llava: folder the 'image' paths are relative to (default --src)")
     p.add_argument("--test-size", type=int, default=200, help="alpaca: the last N items are the test split")
     p.add_argument("--max-words", type=int, help="alpaca: keep only items whose output has at most N words")
+    p.add_argument("--metric", choices=[r for r in RULES if not r.startswith("cider")],
+                   help="llava: the scoring rule of every sample (default: MLLM-CL's rule for the domain / ability "
+                        "that --src's folder name gives, e.g. RS -> contains; exact for other names)")
     args = p.parse_args(argv)
     src = os.path.abspath(os.path.expanduser(args.src))
     if not (os.path.isdir(src) or (args.dataset == "alpaca" and os.path.isfile(src))):
@@ -372,6 +406,8 @@ def main(argv=None):
     except (KeyError, TypeError, ValueError, AttributeError) as e:    # a layout the checks above did not foresee
         raise UserError(f"{args.dataset}: unexpected layout under {src} ({type(e).__name__}: {e}); "
                         f"expected files: python -m data.convert -h")
+    for row in train + test:
+        row.setdefault("metric", RULE.get(args.dataset))
     splits = check_media({"train": train, "test": test}, args.skip_missing)
     for split, rows in splits.items():
         if not rows:

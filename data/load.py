@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from common import CACHE, UserError, _first_line, atomic_save
+from data.score import RULES
 
 
 # ================================================================================================== task manifests
@@ -35,6 +36,7 @@ class Sample:
     _ids: tuple | None = field(default=None, repr=False)  # cached token ids, see MLLM._ids
     references: list | None = None    # captioning: all reference captions for CIDEr-D (default [target])
     annotators: list | None = None    # QA: every annotator's answer (repeats kept) -> VQA accuracy instead of exact match
+    metric: str | None = None         # the manifest's scoring rule (data/score.py RULES); None -> the default rule
 
 
 @dataclass
@@ -111,8 +113,17 @@ def read_manifest(path, task):
                     raise UserError(f"{where}: {key!r} must be a non-empty list of strings")
             if lists["annotators"] is not None and answers is None:
                 raise UserError(f"{where}: 'annotators' is for QA samples, which also need 'answers'")
+            metric = r.get("metric")
+            if metric is not None:
+                captions = metric in ("cider", "cider10")
+                if metric not in RULES:
+                    raise UserError(f"{where}: unknown 'metric' {metric!r}; expected one of {list(RULES)}")
+                if captions != (answers is None) or (metric == "vqa" and lists["annotators"] is None):
+                    need = ("a captioning sample (no 'answers')" if captions else
+                            "a QA sample with 'annotators'" if metric == "vqa" else "a QA sample (with 'answers')")
+                    raise UserError(f"{where}: 'metric' {metric!r} is for {need}")
             out.append(Sample(str(sid), r["modality"], r["instruction"], r["target"], answers, media, task=task,
-                              references=lists["references"], annotators=lists["annotators"]))
+                              references=lists["references"], annotators=lists["annotators"], metric=metric))
     if not out:
         raise UserError(f"{path}: the manifest has no samples (empty task)")
     return out

@@ -36,8 +36,17 @@ def qa(id_, media, modality, question, target, answers, annotators=None):
     return r if annotators is None else dict(r, annotators=annotators)
 
 
+# each benchmark's own scoring rule, on every line (llava: its --src folder names no MLLM-CL domain -> exact)
+RULES = {"flickr30k": "cider", "okvqa": "vqa", "msrvtt": "cider", "msvd-qa": "exact", "audiocaps": "cider",
+         "clotho-aqa": "vqa", "llava": "exact", "alpaca": "exact"}
+
+
 def expected(dataset, src):
-    """(train rows, test rows) the fixture of `dataset` must convert to, spelled out."""
+    """(train rows, test rows) the fixture of `dataset` must convert to, spelled out, each with its rule."""
+    return tuple([dict(r, metric=RULES[dataset]) for r in rows] for rows in _expected(dataset, src))
+
+
+def _expected(dataset, src):
     j = lambda *p: os.path.join(src, *p)   # noqa: E731
     if dataset == "flickr30k":
         im = {n: j("flickr30k-images", f"{n}.jpg") for n in ("1000092795", "10002456", "1000344755", "1000366164")}
@@ -139,7 +148,7 @@ def test_alpaca_text_set(tmp_path):
     out = str(tmp_path / "out")
     convert.main(["alpaca", "--src", os.path.join(src, "alpaca_data.json"), "--out", out, "--test-size", "2"])
     text = lambda i, instr: {"id": f"alpaca/{i}", "modality": "text", "media": None, "instruction": instr,   # noqa: E731
-                             "target": FX.ALPACA[i]["output"], "answers": [FX.ALPACA[i]["output"]]}
+                             "target": FX.ALPACA[i]["output"], "answers": [FX.ALPACA[i]["output"]], "metric": "exact"}
     assert rows(os.path.join(out, "train.jsonl")) == [text(0, "Give three tips for staying healthy."),
                                                       text(1, "What is the capital of France?"),
                                                       text(2, "Translate to French. Good morning")]
@@ -273,6 +282,31 @@ def test_llava_image_root(tmp_path, capsys):
     convert.main(["llava", "--src", src, "--out", out, "--image-root", str(tmp_path / "shared")])
     train, _ = expected("llava", str(tmp_path / "shared"))
     assert rows(os.path.join(out, "train.jsonl")) == train
+
+
+def test_llava_sets_mllm_cl_rule_per_domain(tmp_path, capsys):
+    """MLLM-CL's release names each domain's / ability's folder; its evaluation scores each by its own rule."""
+    for folder, rule in (("RS", "contains"), ("Med", "contains"), ("AD", "contains"), ("Fin", "exact"),
+                         ("OCR_test", "contains"), ("VP_test", "contains"), ("APP_test", "letter"), ("Math", "exact")):
+        src = FX.write_llava(str(tmp_path / folder))
+        convert.main(["llava", "--src", src, "--out", str(tmp_path / f"{folder}-out")])
+        got = {r["metric"] for split in ("train", "test") for r in rows(tmp_path / f"{folder}-out" / f"{split}.jsonl")}
+        assert got == {rule}, folder
+    # Sci: exact for its multiple-choice sources (image names AI2D_*, TQA_*, ...), substring for the rest (MapQA)
+    src = FX.write_llava(str(tmp_path / "Sci"))
+    os.rename(os.path.join(src, "images", "farm.jpg"), os.path.join(src, "images", "AI2D_farm.jpg"))
+    for name in ("train.json", "test.json"):
+        with open(os.path.join(src, name)) as f:
+            items = f.read().replace("images/farm.jpg", "images/AI2D_farm.jpg")
+        with open(os.path.join(src, name), "w") as f:
+            f.write(items)
+    convert.main(["llava", "--src", src, "--out", str(tmp_path / "sci-out")])
+    test = rows(tmp_path / "sci-out" / "test.jsonl")
+    assert [(os.path.basename(r["media"]), r["metric"]) for r in test] == [
+        ("port.jpg", "contains"), ("lake.jpg", "contains"), ("AI2D_farm.jpg", "exact")]
+    convert.main(["llava", "--src", src, "--out", str(tmp_path / "flag-out"), "--metric", "letter"])   # the flag wins
+    assert {r["metric"] for r in rows(tmp_path / "flag-out" / "test.jsonl")} == {"letter"}
+    assert [s.metric for s in read_manifest(str(tmp_path / "flag-out" / "test.jsonl"), "sci")] == ["letter"] * 3
 
 
 def test_write_failure_leaves_no_temp_file(tmp_path, capsys, monkeypatch):

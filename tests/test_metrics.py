@@ -3,7 +3,8 @@ import math
 
 import pytest
 
-from common import brg_steps, cider_d, cl_metrics, normalize_answer, qa_score, score_predictions
+from common import brg_steps, cl_metrics
+from data.score import cider_d, exact_score, normalize_answer, score_predictions
 from data.load import Sample
 
 
@@ -29,10 +30,10 @@ def test_cider_d_length_penalty_and_idf():
 
 def test_qa_normalisation():
     assert normalize_answer("The Two!") == "2"
-    assert qa_score("two", ["2"]) == 100.0
-    assert qa_score("a red", ["red"]) == 100.0
-    assert qa_score("blue", ["red"]) == 0.0
-    assert qa_score("Left.", ["left"]) == 100.0
+    assert exact_score("two", ["2"]) == 100.0
+    assert exact_score("a red", ["red"]) == 100.0
+    assert exact_score("blue", ["red"]) == 0.0
+    assert exact_score("Left.", ["left"]) == 100.0
 
 
 def test_score_predictions_mixes_qa_and_captions():

@@ -12,17 +12,18 @@ import common as C
 import data.load as L
 from conftest import run_script
 from data import generate as G
+from data.score import vqa_accuracy
 
 
 # ---------------------------------------------------------------------------------------------- scoring
 def test_vqa_accuracy_hand_computed():
     ten = ["dog"] * 2 + ["cat"] * 5 + ["a puppy"] * 3
-    assert C.vqa_accuracy("dog", ten) == pytest.approx(200 / 3)        # 2 of 10 annotators -> 66.7
-    assert C.vqa_accuracy("Cat.", ten) == 100.0                         # 5 >= 3 -> 100, after normalisation
-    assert C.vqa_accuracy("the puppy", ten) == 100.0                    # articles stripped: 3 -> 100
-    assert C.vqa_accuracy("bird", ten) == 0.0
-    assert C.vqa_accuracy("two", ["2", "two", "3"]) == pytest.approx(200 / 3)   # number words -> digits: 2 of 3
-    assert C.vqa_accuracy("yes", ["yes", "no", "no"]) == pytest.approx(100 / 3)
+    assert vqa_accuracy("dog", ten) == pytest.approx(200 / 3)        # 2 of 10 annotators -> 66.7
+    assert vqa_accuracy("Cat.", ten) == 100.0                         # 5 >= 3 -> 100, after normalisation
+    assert vqa_accuracy("the puppy", ten) == 100.0                    # articles stripped: 3 -> 100
+    assert vqa_accuracy("bird", ten) == 0.0
+    assert vqa_accuracy("two", ["2", "two", "3"]) == pytest.approx(200 / 3)   # number words -> digits: 2 of 3
+    assert vqa_accuracy("yes", ["yes", "no", "no"]) == pytest.approx(100 / 3)
 
 
 def test_score_uses_vqa_accuracy_only_with_annotators():
@@ -186,8 +187,9 @@ def converted_root(tmp_path_factory):
     for dataset, task in [("okvqa", "image-qa"), ("flickr30k", "image-cap"), ("msrvtt", "video-cap"),
                           ("msvd-qa", "video-qa"), ("audiocaps", "audio-cap"), ("clotho-aqa", "audio-qa"),
                           ("llava", "dcl-rs"), ("alpaca", "text")]:
-        fixtures.WRITERS[dataset](str(src / dataset))
-        convert([dataset, "--src", str(src / dataset), "--out", str(root / task)] +
+        folder = "RS" if dataset == "llava" else dataset      # MLLM-CL's folder name for remote sensing
+        fixtures.WRITERS[dataset](str(src / folder))
+        convert([dataset, "--src", str(src / folder), "--out", str(root / task)] +
                 (["--test-size", "2"] if dataset == "alpaca" else []))
     return str(root)
 
@@ -207,3 +209,7 @@ def test_all_converted_formats_in_one_moincl_run(converted_root, tmp_path):
                "--batch-size", "2", "--pseudo-per-batch", "1", "--ikd-per-batch", "1")
     res = json.load(open(tmp_path / "m" / "results.json"))
     assert res["tasks"] == order.split(",") and len(res["R"]) == 7 and res["text"][-1] is not None
+    # each task scored by its benchmark's rule, which its converter wrote into the manifest
+    assert res["scoring"] == {"audio-cap": "cider", "image-cap": "cider", "video-qa": "exact", "audio-qa": "vqa",
+                              "image-qa": "vqa", "video-cap": "cider", "dcl-rs": "contains", "text": "exact"}
+    assert "dcl-rs: VQA-processed answer in prediction" in open(tmp_path / "m" / "results.md").read()
