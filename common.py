@@ -3,11 +3,10 @@
     MLLM = frozen modality encoder -> trainable per-modality projector -> cue + modality tokens -> LLM (+ LoRA)
 
 Sections: CLI | LoRA | MLLM, batching, generation | training plumbing | metrics | results, checkpoints, resume.
-Task manifests, media decoding, the frozen encoders and the LLM's loading are in data/load.py, the embedded
-default's builder in data/tiny.py, the tables over finished runs in tools/summarize.py (`python common.py
-summarize` calls it). Nothing here knows about any particular CL method.
-
-    python common.py summarize runs/          # one markdown table over all runs (mean +/- std over seeds)
+Task manifests, media decoding, the frozen encoders and the LLM's loading are in data/load.py, scoring in
+data/score.py, files and errors in data/files.py, where the embedded default's base lies in data/base.py (its
+builder: data/tiny.py); the tables over finished runs: `python tools/summarize.py runs/`. Nothing here knows about
+any particular CL method, and nothing under data/ imports this file.
 """
 import argparse
 import contextlib
@@ -31,7 +30,12 @@ from tqdm.auto import tqdm
 
 import warnings
 
+# common.py stands on data/ (inputs, files, errors, scoring) and never the other way round: nothing under data/ that
+# it imports imports it, and the tiny base's builder (data/tiny.py, a training program) and tools/ sit above it
+from data.files import CACHE, ROOT, UserError, atomic_save, atomic_write, first_line   # noqa: F401  (re-exported)
+from data.load import Encoders, check_model_dir, encode_samples, load_llm, load_tasks
 from data.score import SCALE, score_predictions, score_samples, task_rule   # noqa: F401  (re-exported for the methods)
+from data.base import tiny_base
 
 try:
     import fcntl                      # run-folder lock (POSIX); without it runs are not guarded against each other
@@ -39,21 +43,6 @@ except ImportError:                   # pragma: no cover
     fcntl = None
 
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")   # transformers 5 deprecation noise in peft
-
-ROOT = os.path.dirname(os.path.abspath(__file__))
-CACHE = os.environ.get("MLLM_CL_CACHE", os.path.join(ROOT, "cache"))
-
-
-class UserError(SystemExit):
-    """Bad input from the user: printed as one line, no traceback."""
-
-    def __init__(self, msg):
-        super().__init__(f"error: {msg}")
-
-
-def _first_line(e):
-    lines = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
 
 
 # ================================================================================================== CLI
@@ -150,9 +139,6 @@ def task_seed(args, t, salt=0):
 
 
 # ================================================================================================== LoRA
-# The embedded default (tiny LLM + tokenizer, tiny ViT and AST) is built in data/tiny.py and ships in data/tiny_base/;
-# task manifests, media, encoders and load_llm are in data/load.py.
-
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -365,18 +351,15 @@ def check_flags(args):
     for flag, path, kind in (("--llm", args.llm, "llm"), ("--image-encoder", args.image_encoder, "image"),
                              ("--audio-encoder", args.audio_encoder, "audio")):
         if path != "tiny":
-            from data.load import check_model_dir     # lazy: data/load.py imports common
             check_model_dir(path, flag, kind)
 
 
 def build_model(args):
     """Tasks (with frozen-encoder features attached), text-only set, and the MLLM on args.device."""
-    from data.load import Encoders, encode_samples, load_llm, load_tasks   # lazy: data/load.py imports common
-    from data.tiny import build_tiny                                          # (and so does data/tiny.py)
     check_flags(args)
     seed_everything(args.seed)            # projector (and later LoRA) initialisation depends on --seed only
     tasks, text = load_tasks(args)
-    tiny = build_tiny() if "tiny" in (args.llm, args.image_encoder, args.audio_encoder) else {}
+    tiny = tiny_base() if "tiny" in (args.llm, args.image_encoder, args.audio_encoder) else {}
     pick = lambda v, k: tiny[k] if v == "tiny" else v
     enc = Encoders(pick(args.image_encoder, "image"), pick(args.audio_encoder, "audio"), args.device)
     encode_samples(enc, tasks, cache_dir=os.path.join(CACHE, "features"))
@@ -485,19 +468,6 @@ def cl_metrics(R):
 
 
 # ================================================================================================== results
-def atomic_save(obj, path):
-    tmp = f"{path}.{os.getpid()}.tmp"      # per process: runs side by side may write the same feature cache
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def atomic_write(path, text):
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def environment(args):
     import peft
     import transformers
@@ -717,7 +687,7 @@ class Run:
             os.makedirs(self.dir, exist_ok=True)
             fd = os.open(os.path.join(self.dir, LOCK), os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
-            raise UserError(f"--output-dir {self.dir}: cannot be created or written ({_first_line(e)})")
+            raise UserError(f"--output-dir {self.dir}: cannot be created or written ({first_line(e)})")
         if fcntl is not None:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -735,7 +705,7 @@ class Run:
             saved["fingerprint"], saved["tasks"], saved["state"]["done"]
             return saved
         except (OSError, ValueError, KeyError, TypeError) as e:
-            raise UserError(f"--resume: {self._state_path} is not a readable run state ({_first_line(e)}); start the "
+            raise UserError(f"--resume: {self._state_path} is not a readable run state ({first_line(e)}); start the "
                             f"run again without --resume")
 
     def _write_state(self):
@@ -896,7 +866,7 @@ def load_checkpoint(path, model):
         blob = torch.load(ck, weights_only=False)
         blob["params"], blob["adapters"], blob["extra"]
     except Exception as e:    # missing, truncated (RuntimeError from the zip reader), not a checkpoint
-        raise UserError(f"--resume: {ck} is not a readable checkpoint ({_first_line(e)}); start the run again "
+        raise UserError(f"--resume: {ck} is not a readable checkpoint ({first_line(e)}); start the run again "
                         f"without --resume")
     missing = [a for a in blob["adapters"] if a not in getattr(model.llm, "peft_config", {})]
     if missing:
@@ -908,11 +878,3 @@ def load_checkpoint(path, model):
     if res.unexpected_keys or any("lora_" in k or k.startswith("projectors.") for k in res.missing_keys):
         raise UserError(f"{path}: checkpoint does not match this model configuration")
     return blob["extra"]
-
-
-if __name__ == "__main__":
-    if sys.argv[1:2] == ["summarize"]:       # python common.py summarize [runs/] [--png PATH]
-        from tools.summarize import main
-        main(sys.argv[2:])
-    else:
-        sys.exit("usage: python common.py summarize [runs/] [--png PATH]")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerates every number in README's results tables and docs/results.md: each run below (skipped when
 # runs/<name>/results.json exists, continued with --resume when it was interrupted), then the tables and
-# runs/summary.png (python common.py summarize runs/).
+# runs/summary.png (python tools/summarize.py runs/).
 #   bash reproduce.sh                 # one run at a time, all cores
 #   JOBS=2 bash reproduce.sh          # two at a time with one thread each (how the published runs were made)
 #   SEEDS="0" bash reproduce.sh       # a subset of the seeds
@@ -52,4 +52,4 @@ for s in $SEEDS; do
   run mera micl 1 $s mera.py                                         # MERA also runs on micl (tasks as steps)
 done
 wait
-python common.py summarize runs/
+python tools/summarize.py runs/

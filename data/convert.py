@@ -49,7 +49,7 @@ import sys
 import tempfile
 from collections import Counter
 
-from common import UserError
+from data.files import UserError
 from data.score import RULES, normalize_answer
 from data.generate import caption_instruction
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from common import CACHE, UserError, _first_line, atomic_save
+from data.files import CACHE, UserError, atomic_save, first_line
 from data.score import RULES
 
 
@@ -302,7 +302,7 @@ def _hf_load(cls, path, flag):
     try:                                  # (the path itself was checked by check_model_dir)
         return cls.from_pretrained(path)
     except Exception as e:   # OSError, ValueError, ImportError (a tokenizer that needs sentencepiece), ...
-        raise UserError(f"{flag} {path}: could not load {cls.__name__} ({_first_line(e)})")
+        raise UserError(f"{flag} {path}: could not load {cls.__name__} ({first_line(e)})")
 
 
 # what each model flag must name, decided from config.json's model_type with transformers' auto-model mappings
@@ -377,7 +377,7 @@ def check_model_dir(path, flag, kind):
     try:
         cfg = AutoConfig.from_pretrained(path)
     except Exception as e:
-        raise UserError(f"{flag} {path}: config.json is not a readable model config ({_first_line(e)}); "
+        raise UserError(f"{flag} {path}: config.json is not a readable model config ({first_line(e)}); "
                         f"expected {want}")
     if not _model_kind_ok(cfg, kind):
         raise UserError(f"{flag} {path}: holds a {cfg.model_type!r} model, not {want}")
@@ -442,7 +442,7 @@ def load_llm(path, device):
     try:
         generic = os.path.exists(cfg) and json.load(open(cfg)).get("tokenizer_class") in ("TokenizersBackend", "PreTrainedTokenizerFast")
     except (OSError, ValueError, AttributeError) as e:
-        raise UserError(f"--llm {path}: tokenizer_config.json is not readable ({_first_line(e)})")
+        raise UserError(f"--llm {path}: tokenizer_config.json is not readable ({first_line(e)})")
     # a plain tokenizer.json (our word-level one) must load as-is; AutoTokenizer would re-build it as the model
     # family's own class (e.g. Qwen2's BPE) and silently change the ids
     tok = _hf_load(PreTrainedTokenizerFast if generic else AutoTokenizer, path, "--llm")
@@ -450,7 +450,7 @@ def load_llm(path, device):
     try:
         llm = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     except Exception as e:
-        raise UserError(f"--llm {path}: could not load a causal LM ({_first_line(e)})")
+        raise UserError(f"--llm {path}: could not load a causal LM ({first_line(e)})")
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     for p in llm.parameters():

@@ -1,25 +1,16 @@
-"""The embedded default's tiny base: a tiny Llama-family LLM with a word-level tokenizer and tiny ViT / AST encoders,
-pretrained on the synthetic worlds and saved in Hugging Face format, so they load through exactly the same code as
-real models. LoRA then adapts an LLM that already knows the language, and the projectors read encoders that
-already know the worlds' attributes.
+"""The builder of the embedded default's tiny base: a tiny Llama-family LLM with a word-level tokenizer and tiny ViT /
+AST encoders, pretrained on the synthetic worlds and saved in Hugging Face format, so they load through exactly the
+same code as real models. LoRA then adapts an LLM that already knows the language, and the projectors read encoders
+that already know the worlds' attributes. Where the base lies and its key (what it is built from): data/base.py.
 
-The base every reported number uses ships in the repository, in data/tiny_base/{llm,image,audio}/ with its KEY:
-build_tiny() returns it when KEY equals build_key() for the current settings. Otherwise (the tests'
-MLLM_CL_TINY_STEPS=30, a changed vocabulary or corpus) it builds a base into cache/tiny-<key>/ once (~3 min on 2 CPU
-cores: the three parts are pretrained in parallel processes, seeded, so the build is repeatable).
+A training program like a method file: it stands on common.py (the LLM learns the very prompt format MLLM.collate
+builds), and nothing below common.py imports it; data/base.py runs it as a process when a base must be built.
 
     python -m data.tiny --rebuild        # rebuild data/tiny_base/ (after changing anything the key covers)
+    python -m data.tiny --build          # build the base the current settings ask for into cache/ (if not there)
     python -m data.tiny --key            # print the key of the current settings and whether data/tiny_base has it
-
-The key covers what determines the build: BUILD_REVISION, the steps and batch, the whole text corpus, the
-vocabulary, the encoders' corpus seed and size, the architectures' configs and the optimisers' settings. Bump
-BUILD_REVISION for a change it cannot see (the training code, how data/generate.py renders the worlds), then
-rebuild; tests/test_tiny.py fails while data/tiny_base/KEY is not the key of the 600-step default.
 """
 import argparse
-import functools
-import hashlib
-import json
 import os
 import shutil
 import sys
@@ -33,108 +24,27 @@ from tqdm.auto import tqdm
 
 if __package__ in (None, ""):                     # `python data/tiny.py`: make the repository root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common import CACHE, MLLM, atomic_write, ce_loss
+from common import MLLM, ce_loss   # noqa: E402
+from data import base   # noqa: E402
+from data.base import (AST_CONFIG, AST_FEATURES, DEFAULT_STEPS, ENCODER_CORPUS_SEED, ENCODER_LR, LLM_CONFIG,  # noqa: E402
+                       LLM_OPTIM, PARTS, PRETRAIN_BATCH, PRETRAIN_STEPS, SHIPPED, VIT_CONFIG, VIT_PROCESSOR,
+                       build_key, encoder_corpus_size, part_steps)
+from data.files import CACHE   # noqa: E402
 from data.load import Sample   # noqa: E402
-
-SHIPPED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tiny_base")
-PARTS = ("llm", "image", "audio")
-BUILD_REVISION = 1     # bump when the build changes in a way the key does not see (then: python -m data.tiny --rebuild)
-
-# One-time pretraining budget of the tiny base: 600 steps (AST; 1.5x for the LLM and the ViT, part_steps). The tests
-# set MLLM_CL_TINY_STEPS (e.g. 30) to build a throwaway base in seconds: they check plumbing, not accuracy.
-DEFAULT_STEPS = 600
-PRETRAIN_STEPS, PRETRAIN_BATCH = int(os.environ.get("MLLM_CL_TINY_STEPS", str(DEFAULT_STEPS))), 64
-ENCODER_CORPUS_SEED = 987654
-
-LLM_CONFIG = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=3, num_attention_heads=4,
-                  num_key_value_heads=4, max_position_embeddings=256, tie_word_embeddings=True)
-LLM_OPTIM = dict(lr=4e-3, weight_decay=0.01, pct_start=0.05)          # AdamW + one-cycle schedule
-VIT_CONFIG = dict(image_size=40, patch_size=5, hidden_size=96, num_hidden_layers=2, num_attention_heads=4,
-                  intermediate_size=192)
-VIT_PROCESSOR = dict(size={"height": 40, "width": 40})
-AST_CONFIG = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256, patch_size=8,
-                  frequency_stride=8, time_stride=8, max_length=64, num_mel_bins=32)
-AST_FEATURES = dict(num_mel_bins=32, max_length=64, sampling_rate=16000)
-ENCODER_LR = 2e-3
-
-
-def part_steps(steps=None):
-    """Pretraining steps of each part: 1.5x for the LLM (at 600 it had not learned to copy, "repeat : dog" ->
-    "key"; text-only accuracy 56.5 vs 93.5 at 900, measured on the text test split) and for the ViT (its corpus
-    holds two worlds: shapes + dcl domain scenes)."""
-    steps = PRETRAIN_STEPS if steps is None else steps
-    return {"llm": steps * 3 // 2, "image": steps * 3 // 2, "audio": steps}
-
-
-def encoder_corpus_size(steps=None):
-    """Items per world of the encoders' corpus: 2400 (a throwaway test base gets 8 per pretraining step)."""
-    return min(2400, 8 * (PRETRAIN_STEPS if steps is None else steps))
-
-
-def recipe(steps=None):
-    """Everything the key covers (see the module docstring)."""
-    from data.generate import text_corpus, vocabulary
-    steps = PRETRAIN_STEPS if steps is None else steps
-    return {"revision": BUILD_REVISION, "steps": part_steps(steps), "batch": PRETRAIN_BATCH,
-            "text_corpus": text_corpus(), "vocabulary": vocabulary(),
-            "encoder_corpus": {"seed": ENCODER_CORPUS_SEED, "size": encoder_corpus_size(steps)},
-            "llm": LLM_CONFIG, "llm_optim": LLM_OPTIM, "vit": VIT_CONFIG, "vit_processor": VIT_PROCESSOR,
-            "ast": AST_CONFIG, "ast_features": AST_FEATURES, "encoder_lr": ENCODER_LR}
-
-
-def build_key(steps=None):
-    """10 hex digits naming the base that `steps` (default: PRETRAIN_STEPS) and the current code would build."""
-    return _key(PRETRAIN_STEPS if steps is None else steps)
-
-
-@functools.lru_cache(maxsize=None)
-def _key(steps):
-    """build_key, kept in cache/keys/ under a hash of what the recipe is drawn from (this file, data/generate.py,
-    the steps, numpy's version): drawing the corpus and vocabulary costs every process ~2 s otherwise."""
-    import data.generate
-    code = b"".join(open(f, "rb").read() for f in (__file__, data.generate.__file__))
-    path = os.path.join(CACHE, "keys", hashlib.sha1(code + f"{steps} {np.__version__}".encode()).hexdigest()[:16])
-    try:
-        with open(path) as f:
-            return f.read().strip()
-    except OSError:
-        key = recipe_key(steps)
-    try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        atomic_write(path, key)
-    except OSError:          # a read-only cache/: the key is drawn again next time
-        pass
-    return key
-
-
-def recipe_key(steps):
-    """The key itself: a hash of everything the recipe holds."""
-    return hashlib.sha1(json.dumps(recipe(steps), sort_keys=True).encode()).hexdigest()[:10]
-
-
-def shipped_key(root=SHIPPED):
-    """The KEY of a built base folder (None when it has none, or misses a part)."""
-    try:
-        with open(os.path.join(root, "KEY")) as f:
-            key = f.read().strip()
-    except OSError:
-        return None
-    return key if all(os.path.exists(os.path.join(root, p, "config.json")) for p in PARTS) else None
 
 
 def build_tiny(cache=CACHE):
-    """Paths of the tiny base's parts ({"llm", "image", "audio"}) plus its name ("name": tiny-<key>, which the run
-    fingerprint records): the shipped data/tiny_base when its KEY is the current key, else cache/tiny-<key>, built
-    there on first use."""
-    key = build_key()
-    root = SHIPPED if shipped_key() == key else os.path.join(cache, f"tiny-{key}")
+    """The base's parts (data/base.py parts): the shipped data/tiny_base when its KEY is the current key, else
+    cache/tiny-<key>, built there now unless it is already."""
+    root = base.locate(cache)
     if root != SHIPPED:
         from data.generate import locked
         with locked(root):               # two runs started at once: one builds, the other waits for its DONE
             if not os.path.exists(os.path.join(root, "DONE")):
-                _build(root, PRETRAIN_STEPS)
+                _build(root, base.PRETRAIN_STEPS)
                 open(os.path.join(root, "DONE"), "w").close()
-    return dict({k: os.path.join(root, k) for k in PARTS}, name=f"tiny-{key}")
+    return base.parts(root)
+
 
 
 def _build(root, steps):
@@ -330,8 +240,8 @@ def _pretrain_tiny_llm(tok, corpus, steps=PRETRAIN_STEPS, progress=None):
 
 def rebuild(out=SHIPPED):
     """Build the default base from scratch into `out` (default data/tiny_base, the shipped base) and write its KEY."""
-    if PRETRAIN_STEPS != DEFAULT_STEPS:
-        raise SystemExit(f"error: MLLM_CL_TINY_STEPS={PRETRAIN_STEPS}: the shipped base is the {DEFAULT_STEPS}-step "
+    if base.PRETRAIN_STEPS != DEFAULT_STEPS:
+        raise SystemExit(f"error: MLLM_CL_TINY_STEPS={base.PRETRAIN_STEPS}: the shipped base is the {DEFAULT_STEPS}-step "
                          f"default; unset MLLM_CL_TINY_STEPS to rebuild it")
     key, tmp = build_key(), out.rstrip("/") + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -348,13 +258,16 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser(description="The embedded default's tiny base (see data/tiny.py's docstring).")
     p.add_argument("--rebuild", action="store_true", help="rebuild the shipped base (600 steps) into --out")
     p.add_argument("--out", default=SHIPPED, help="where --rebuild writes the base")
+    p.add_argument("--build", action="store_true", help="build the base the current settings ask for into cache/")
     p.add_argument("--key", action="store_true", help="print the key of the current settings")
     a = p.parse_args()
     from data import tiny            # the workers must unpickle data.tiny's functions, not __main__'s
     if a.rebuild:
         tiny.rebuild(a.out)
+    elif a.build:
+        print(f"tiny base: {os.path.dirname(tiny.build_tiny()['llm'])}")
     elif a.key:
-        key = tiny.build_key()
-        print(f"tiny-{key}: {'data/tiny_base has it' if tiny.shipped_key() == key else 'not shipped, built into cache/'}")
+        key = base.build_key()
+        print(f"tiny-{key}: {'data/tiny_base has it' if base.shipped_key() == key else 'not shipped, built into cache/'}")
     else:
         p.print_help()

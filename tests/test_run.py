@@ -80,6 +80,6 @@ def test_joint_single_row(tmp_path):
 
 
 def test_summarize(finetune_run):
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "common.py"), "summarize", str(finetune_run.parent)],
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "summarize.py"), str(finetune_run.parent)],
                        capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert r.returncode == 0 and "| finetune | 1 | 0 |" in r.stdout

@@ -1,10 +1,10 @@
-"""`python common.py summarize`: the markdown table and the summary picture, on hand-written results.json files."""
+"""`python tools/summarize.py`: the markdown table and the summary picture, on hand-written results.json files."""
 import json
 
 import pytest
 from PIL import Image
 
-from tools.summarize import main as summarize      # what `python common.py summarize` runs (as a process: test_run.py)
+from tools.summarize import main as summarize      # what `python tools/summarize.py` runs (as a process: test_run.py)
 
 
 def fake_run(root, method, scenario, order, seed, metrics, total_s=120.0, brg_steps=None):

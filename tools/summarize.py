@@ -1,5 +1,5 @@
 """Tables and a picture over finished runs: every results.json under a folder, grouped by (scenario, order, method),
-mean +/- std over seeds. Also reachable as `python common.py summarize`.
+mean +/- std over seeds. Run as `python tools/summarize.py` (or `python -m tools.summarize`).
 
     python tools/summarize.py runs/                  # markdown tables, and runs/summary.png
     python tools/summarize.py runs/ --png out.png
@@ -13,7 +13,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common import UserError  # noqa: E402
+from data.files import UserError  # noqa: E402
 
 SUMMARY_KEYS = ["last", "maa", "mft", "bwt", "forgetting", "brg", "brg_mean", "text_retention", "router_accuracy"]
 
@@ -101,7 +101,7 @@ def draw_summary(groups, path):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python common.py summarize", description="tables (and a picture) over runs")
+    p = argparse.ArgumentParser(prog="python tools/summarize.py", description="tables (and a picture) over runs")
     p.add_argument("root", nargs="?", default="runs")
     p.add_argument("--png", default=None, help="where the picture goes (default <root>/summary.png)")
     a = p.parse_args(argv)
