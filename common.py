@@ -35,7 +35,7 @@ import warnings
 from data.files import CACHE, ROOT, UserError, atomic_save, atomic_write, first_line   # noqa: F401  (re-exported)
 from data.load import Encoders, check_model_dir, encode_samples, load_llm, load_tasks
 from data.score import SCALE, score_predictions, score_samples, task_rule   # noqa: F401  (re-exported for the methods)
-from data.base import tiny_base
+from data.base import aligned_projectors, tiny_base
 
 try:
     import fcntl                      # run-folder lock (POSIX); without it runs are not guarded against each other
@@ -79,6 +79,11 @@ def shared_parser(method, doc):
     g.add_argument("--max-steps", type=int, default=None, help="cap on optimiser steps per task (smoke tests)")
     g.add_argument("--batch-size", type=int, default=16)
     g.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate for LoRA and projectors")
+    g.add_argument("--projectors", default="scratch", help="where the projectors start: scratch (random), aligned "
+                   "(the embedded default's stage-1 projectors, data/tiny_base/aligned.safetensors), or a file made by "
+                   "python tools/align.py for these encoders and LLM")
+    g.add_argument("--projector-lr", type=float, default=None, help="lr of the projectors (default --lr); MLLM-CL "
+                   "trains them 10x slower than the LoRA")
     g.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant",
                    help="lr over each task's --epochs: constant, or cosine decay from --lr to 0")
     g.add_argument("--lora-r", type=int, default=16)
@@ -348,6 +353,11 @@ def check_flags(args):
         if v is not None and v < 1:
             raise UserError(f"--{k.replace('_', '-')} must be >= 1, got {v}")
     check_output_dir(args.output_dir)
+    if args.projectors == "aligned" and any(v != "tiny" for v in (args.llm, args.image_encoder, args.audio_encoder)):
+        raise UserError("--projectors aligned: only the embedded default ships aligned projectors; make them for these "
+                        "models with python tools/align.py and pass --projectors PATH")
+    if args.projectors not in ("scratch", "aligned") and not os.path.isfile(args.projectors):
+        raise UserError(f"--projectors {args.projectors}: expected scratch, aligned or a file of tools/align.py")
     for flag, path, kind in (("--llm", args.llm, "llm"), ("--image-encoder", args.image_encoder, "image"),
                              ("--audio-encoder", args.audio_encoder, "audio")):
         if path != "tiny":
@@ -376,8 +386,38 @@ def build_model(args):
                         "lora_r": args.lora_r, "lora_alpha": args.lora_alpha}
     if args.chat_template:     # only when set, so runs without it keep their fingerprint
         args.fingerprint["chat_template"] = True
+    if args.projectors != "scratch":
+        load_projectors(model, args)
+        args.fingerprint["projectors"] = args.projectors
     del enc
     return model, tasks, text
+
+
+def projector_record(args):
+    """What a projector set was aligned for: the LLM and the encoders (by name; tiny-<key> for the embedded
+    default), their widths."""
+    return {k: args.fingerprint[k] for k in ("llm", "image_encoder", "audio_encoder", "llm_hidden", "enc_dims")}
+
+
+def load_projectors(model, args):
+    """--projectors aligned | PATH: stage-1 projectors (tools/align.py), refused in one line when they were aligned
+    for other encoders or another LLM."""
+    from safetensors import safe_open
+    path = aligned_projectors() if args.projectors == "aligned" else args.projectors
+    try:
+        with safe_open(path, "pt") as f:
+            record, state = json.loads(f.metadata()["record"]), {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:     # missing, not safetensors, no record
+        raise UserError(f"--projectors {args.projectors}: not a projector file of tools/align.py ({first_line(e)})")
+    want = {k: v for k, v in projector_record(args).items()}
+    diff = {k: (record.get(k), v) for k, v in want.items() if _jsonable(record.get(k)) != _jsonable(v)}
+    if diff:
+        raise UserError(f"--projectors {args.projectors}: aligned for other models (file vs this run: {diff})")
+    try:
+        for m, proj in model.projectors.items():
+            proj.load_state_dict({k[len(m) + 1:]: v for k, v in state.items() if k.startswith(m + ".")})
+    except RuntimeError as e:
+        raise UserError(f"--projectors {args.projectors}: does not fit these projectors ({first_line(e)})")
 
 
 def trainable(model):
@@ -385,7 +425,13 @@ def trainable(model):
 
 
 def make_optimizer(model, args, params=None, lr=None):
-    return torch.optim.AdamW(params if params is not None else trainable(model), lr=lr or args.lr, weight_decay=0.0)
+    """AdamW over `params` (default: everything trainable); with --projector-lr the projectors get their own lr."""
+    params = params if params is not None else trainable(model)
+    if getattr(args, "projector_lr", None) is None:
+        return torch.optim.AdamW(params, lr=lr or args.lr, weight_decay=0.0)
+    proj = {id(p) for p in model.projectors.parameters()}
+    return torch.optim.AdamW([{"params": [p for p in params if id(p) not in proj], "lr": lr or args.lr},
+                              {"params": [p for p in params if id(p) in proj], "lr": args.projector_lr}], weight_decay=0.0)
 
 
 _progress = {"desc": None, "step": 0}       # the latest batches() stream and its step (1-based), for check_finite

@@ -134,3 +134,45 @@ def tiny_base(cache=CACHE):
             raise UserError(f"the tiny base {os.path.basename(root)} could not be built into {cache} (`python -m "
                             f"data.tiny --build` exited with status {r.returncode}; its output is above)")
     return parts(root)
+
+
+# Stage 1 (tools/align.py): the embedded default's aligned projectors, shipped as data/tiny_base/aligned.safetensors
+# with the key of the base and of this recipe in their record. Captions from every synthetic world, drawn on a seed
+# no benchmark uses.
+ALIGN = dict(seed=777001, per_world=min(240, PRETRAIN_STEPS), max_steps=PRETRAIN_STEPS, batch_size=32, lr=1e-3)
+SHIPPED_ALIGNED = os.path.join(SHIPPED, "aligned.safetensors")
+
+
+def align_key(steps=None):
+    """The aligned projectors' key: the base's key and the alignment recipe (tools/align.py's code included)."""
+    steps = PRETRAIN_STEPS if steps is None else steps
+    recipe = dict(ALIGN, per_world=min(240, steps), max_steps=steps)
+    code = open(os.path.join(ROOT, "tools", "align.py"), "rb").read()
+    blob = json.dumps({"base": build_key(steps), "align": recipe}, sort_keys=True).encode() + code
+    return hashlib.sha1(blob).hexdigest()[:10]
+
+
+def _record_key(path):
+    from safetensors import safe_open
+    try:
+        with safe_open(path, "pt") as f:
+            return json.loads(f.metadata()["record"]).get("key")
+    except Exception:
+        return None
+
+
+def aligned_projectors(cache=CACHE):
+    """Path of the embedded default's aligned projectors for the current base and recipe: the shipped file when its
+    key is current, else cache/aligned-<key>.safetensors, made by tools/align.py (as a process, like the base)."""
+    key = align_key()
+    if _record_key(SHIPPED_ALIGNED) == key:
+        return SHIPPED_ALIGNED
+    path = os.path.join(cache, f"aligned-{key}.safetensors")
+    if _record_key(path) != key:
+        tiny_base(cache)
+        cmd = [sys.executable, os.path.join("tools", "align.py"), "--tiny-base", "--out", path]
+        r = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, MLLM_CL_CACHE=cache))
+        if r.returncode != 0 or _record_key(path) != key:
+            raise UserError(f"the aligned projectors {os.path.basename(path)} could not be made (`python "
+                            f"tools/align.py --tiny-base` exited with status {r.returncode}; its output is above)")
+    return path
