@@ -53,6 +53,9 @@ ORDERS = {  # scenario -> order -> task sequence (SPEC 3)
     "mcl": {1: ["image", "video", "audio"], 2: ["image", "audio", "video"]},
     # MLLM-CL's domain continual learning: RS -> Med -> AD -> Sci -> Fin, one image-QA task per domain
     "dcl": {1: ["dcl-rs", "dcl-med", "dcl-ad", "dcl-sci", "dcl-fin"]},
+    # MLLM-CL's ability continual learning: OCR -> math & logic -> visual perception -> GUI agent (data only so far:
+    # the shipped tiny base has not seen acl's words, glyphs or screens; docs/gaps.md)
+    "acl": {1: ["acl-ocr", "acl-math", "acl-vp", "acl-gui"]},
 }
 
 

@@ -12,6 +12,9 @@ Worlds (SPEC 3):
   video  a moving shape: shape, colour, direction, speed              -> "a red circle moving left quickly"
   dcl    five image-QA domains (dcl-rs, dcl-med, dcl-ad, dcl-sci, dcl-fin) asking the same questions about
          aerial grids, cells on tissue, road scenes, science diagrams and price charts (MLLM-CL's domain CL)
+  acl    four image-QA abilities (acl-ocr, acl-math, acl-vp, acl-gui; MLLM-CL's ability CL), drawn by data/acl.py:
+         64 px images, a test split from another generator (fonts, layouts, backgrounds, phrasings) and an IID
+         held-out split test_iid.jsonl; every line names its scoring rule ("metric") and its style ("style")
   text   text-only instructions (facts, counting, copying, arithmetic): never a CL task, used for the base LLM,
          for MoInCL's IKD and to measure "LLM ability retention".
 
@@ -33,6 +36,8 @@ import av
 import numpy as np
 import soundfile as sf
 from PIL import Image, ImageDraw
+
+from data import acl as ACL
 
 try:
     import fcntl                  # POSIX; without it runs started side by side on a fresh cache are not serialised
@@ -393,6 +398,10 @@ WORLDS = {  # modality -> (sample attrs, render, caption, answer, questions)
 TASKS = {f"{m}-{k}": (m, k) for m in WORLDS for k in ("cap", "qa")}
 TASKS.update({m: (m, "mixed") for m in WORLDS})
 TASKS.update({d: ("image", "domain") for d in DOMAINS})      # dcl: kind "domain" = QA drawn by make_domain_example
+# acl: kind "acl" = ability QA drawn by data/acl.py, its train generator for train / test_iid, its test generator for
+# test. Its words are not in text_corpus() / vocabulary() yet (ACL.acl_vocabulary(): adding them changes the tiny
+# base's key, so they enter with the base's rebuild for acl; data/README.md)
+TASKS.update({t: ("image", "acl") for t in ACL.ORDER})
 SIZES_PER_SPLIT = {"train": 320, "test": 64}
 # mcl steps ("mixed") are scored by a ratio, BRG = R[T, j] / R[j, j], which 64 test samples (32 of them QA) left
 # noise-dominated: the same saved MERA models scored per-run BRG 89.3-104.0 on those 64 and 91.1-99.9 on 1024 drawn
@@ -448,7 +457,8 @@ def split_sizes(name):
     """Samples per split of a registered task or of the text-only set ("text")."""
     if name == "text":
         return TEXT_SIZES
-    return MIXED_SIZES if TASKS[name][1] == "mixed" else SIZES_PER_SPLIT
+    kind = TASKS[name][1]
+    return MIXED_SIZES if kind == "mixed" else ACL.SIZES if kind == "acl" else SIZES_PER_SPLIT
 
 
 def write_task(root, name, seed, sizes=None):
@@ -461,14 +471,19 @@ def write_task(root, name, seed, sizes=None):
         rng = _rng(seed, name, split)
         rows = []
         for i in range(n):
-            media, instr, target, answers = (make_domain_example(name, rng) if kind == "domain" else
-                                             make_example(modality, kind, rng))
+            extra = {}
+            if kind == "acl":
+                media, instr, target, metric, style = ACL.make_example(name, ACL.GENERATOR_OF_SPLIT[split], rng)
+                answers, extra = [target], {"metric": metric, "style": style}
+            else:
+                media, instr, target, answers = (make_domain_example(name, rng) if kind == "domain" else
+                                                 make_example(modality, kind, rng))
             rel = f"media/{split}_{i:04d}.{EXT[modality]}"
             write_media(os.path.join(d, rel), modality, media)
             row = {"id": f"{name}/{split}/{i}", "modality": modality, "media": rel, "instruction": instr, "target": target}
             if answers is not None:
                 row["answers"] = answers
-            rows.append(row)
+            rows.append(dict(row, **extra))
         _write_jsonl(os.path.join(d, f"{split}.jsonl"), rows)
 
 
@@ -492,8 +507,17 @@ def _write_jsonl(path, rows):
     os.replace(tmp, path)
 
 
-with open(__file__, "rb") as _f:
-    GENERATOR_ID = hashlib.sha1(_f.read()).hexdigest()[:12]    # a task drawn by other code is drawn again
+def _generator_id():
+    """This file and data/acl.py, hashed: a task drawn by other code is drawn again."""
+    h = hashlib.sha1()
+    for path in (__file__, ACL.__file__):
+        with open(path, "rb") as f:
+            h.update(f.read())
+    return h.hexdigest()[:12]
+
+
+GENERATOR_ID = _generator_id()
+acl_vocabulary = ACL.acl_vocabulary     # acl's words, kept out of vocabulary() until the base is rebuilt for acl
 
 
 def build(root, tasks, seed):
@@ -546,6 +570,8 @@ def text_corpus(seed=12345, n_per_task=400, n_text=4000, n_letter=1500):
     for name, (modality, kind) in sorted(TASKS.items()):
         if kind == "mixed":          # same sentences as its -cap and -qa tasks
             continue
+        if kind == "acl":            # not yet: ACL.acl_text_pairs() enters with the base's rebuild for acl
+            continue
         if kind == "domain":
             rng = _rng(seed, name, "pretrain")
             for _ in range(n_per_task):
@@ -580,7 +606,8 @@ def vocabulary():
         words |= set(_split_words(q)) | set(_split_words(a))
     words |= set(EXPERT_LETTERS) | set(ROUTER_WORDS)                  # MR-LoRA's router prompt and answers
     for name in TASKS:                                               # task names (router's expert descriptions)
-        words |= set(_split_words(name))
+        if TASKS[name][1] != "acl":                                  # acl's: ACL.acl_vocabulary(), not yet
+            words |= set(_split_words(name))
     return sorted(words)
 
 

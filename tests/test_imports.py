@@ -8,7 +8,8 @@ from common import ROOT
 
 # modules that read inputs (manifests, media, encoders, the LLM, converters, the generator, scoring, files, the
 # tiny base's place): nothing of common.py or above, at any depth
-INPUTS = {"data.files", "data.load", "data.convert", "data.generate", "data.score", "data.base", "data.real_weights"}
+INPUTS = {"data.files", "data.load", "data.convert", "data.generate", "data.acl", "data.score", "data.base",
+          "data.real_weights"}
 
 
 def modules(root=ROOT):

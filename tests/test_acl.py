@@ -1,0 +1,167 @@
+"""acl (MLLM-CL's ability CL) data: deterministic files, a test generator that shares no style with the training
+one (declared and as drawn), manifests and PNGs that read back, answers inside the training vocabulary, each
+ability's scoring rule on every line, and those rules on hand-made predictions."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from data import acl as A
+from data import generate as G
+from data.load import Sample, load_image, read_manifest
+from data.score import score_samples
+
+SMALL = {"train": 48, "test": 32, "test_iid": 16}
+SPLITS = tuple(A.SIZES)
+
+
+def lines(root, task, split):
+    with open(os.path.join(root, task, f"{split}.jsonl")) as f:
+        return [json.loads(x) for x in f]
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    r = str(tmp_path_factory.mktemp("acl"))
+    for t in A.ORDER:
+        G.write_task(r, t, seed=0, sizes=SMALL)
+    return r
+
+
+def test_registered_as_image_qa_with_three_splits():
+    assert all(G.TASKS[t] == ("image", "acl") for t in A.ORDER)
+    assert all(G.split_sizes(t) == {"train": 320, "test": 64, "test_iid": 64} for t in A.ORDER)
+    from common import ORDERS, parse_args, shared_parser
+    assert ORDERS["acl"][1] == ["acl-ocr", "acl-math", "acl-vp", "acl-gui"]
+    assert parse_args(shared_parser("x", "x"), ["--scenario", "acl"]).task_names == A.ORDER
+
+
+def test_generation_is_deterministic(tmp_path):
+    """Same seed: byte-identical manifests and PNGs of every split; another seed draws other samples."""
+    sizes = {"train": 5, "test": 4, "test_iid": 3}
+    for name in ("a", "b", "c"):
+        for t in A.ORDER:
+            G.write_task(str(tmp_path / name), t, seed=7 if name != "c" else 8, sizes=sizes)
+    for t in A.ORDER:
+        files = sorted(os.listdir(tmp_path / "a" / t / "media")) + [f"{s}.jsonl" for s in sizes]
+        assert sorted(os.listdir(tmp_path / "b" / t / "media")) == files[:-3] and len(files) == 12 + 3
+        for f in files:
+            sub = "" if f.endswith(".jsonl") else "media"
+            a, b = (open(tmp_path / x / t / sub / f, "rb").read() for x in ("a", "b"))
+            assert a == b, f"{t}/{f} differs between two draws with the same seed"
+        assert lines(tmp_path / "a", t, "train") != lines(tmp_path / "c", t, "train")
+
+
+def test_declared_styles_of_train_and_test_are_disjoint():
+    for t in A.ORDER:
+        train, test = A.STYLES[t]["train"], A.STYLES[t]["test"]
+        assert set(train) == set(test) and {"layout", "background", "size", "phrasing"} <= set(train)
+        assert ("font" in train) == (t != "acl-vp") and ("options" in train) == (t == "acl-gui")
+        for factor in train:
+            assert train[factor] and test[factor], (t, factor)
+            shared = set(train[factor]) & set(test[factor])
+            assert not shared, f"{t}: train and test generators share {factor} {shared}"
+
+
+def test_every_declared_style_is_drawn_and_nothing_else():
+    """The declared sets are what each generator draws: 2000 draws (question and style only) reach every declared
+    value and no other."""
+    for t in A.ORDER:
+        for gen in ("train", "test"):
+            rng, seen = np.random.default_rng(1), {}
+            for _ in range(2000):
+                style = A.make_example(t, gen, rng, render=False)[4]
+                for k, v in style.items():
+                    seen.setdefault(k, set()).add(v)
+            assert seen == {k: set(v) for k, v in A.STYLES[t][gen].items()}, (t, gen)
+
+
+def test_samples_record_the_style_of_their_own_generator(root):
+    """Every line's recorded style comes from its split's generator (test: the test generator; train and test_iid:
+    the train generator), and no recorded value of a test line occurs in any training line."""
+    for t in A.ORDER:
+        seen = {}
+        for split in SPLITS:
+            gen = A.GENERATOR_OF_SPLIT[split]
+            for row in lines(root, t, split):
+                core = {"layout", "background", "size", "phrasing"}      # + font where text is drawn (not bars)
+                assert core <= set(row["style"]) <= set(A.STYLES[t][gen]), row["id"]
+                for factor, value in row["style"].items():
+                    assert value in A.STYLES[t][gen][factor], (row["id"], factor, value)
+                    seen.setdefault((gen, factor), set()).add(value)
+                assert row["style"]["phrasing"].split("{")[0].split("?")[0] in row["instruction"]
+        for factor in A.STYLES[t]["train"]:
+            assert not seen[("train", factor)] & seen[("test", factor)], (t, factor)
+
+
+def test_files_round_trip_through_the_loaders(root):
+    """read_manifest gives QA samples with their rule; the PNGs are 64 px and hold exactly the pixels drawn."""
+    for t in A.ORDER:
+        for split in SPLITS:
+            samples = read_manifest(os.path.join(root, t, f"{split}.jsonl"), t)
+            assert len(samples) == SMALL[split]
+            rng = G._rng(0, t, split)                        # the stream write_task drew from: draw it again
+            for s in samples:
+                img, q, a, metric, _ = A.make_example(t, A.GENERATOR_OF_SPLIT[split], rng)
+                assert (s.instruction, s.target, s.answers, s.metric) == (q, a, [a], metric)
+                assert os.path.isabs(s.media) and s.media.endswith(".png") and s.modality == "image"
+                pixels = load_image(s.media)
+                assert pixels.shape == (A.ACL_IMG, A.ACL_IMG, 3) and (pixels == np.asarray(img)).all(), s.id
+
+
+def test_test_answers_are_in_the_training_answer_vocabulary(root):
+    """Test (and IID) answers come from the ability's vocabulary, and the training generator answers with every word
+    of it, so nothing a test asks for is outside what training can teach."""
+    for t in A.ORDER:
+        rng = np.random.default_rng(2)
+        trained = {A.make_example(t, "train", rng, render=False)[2] for _ in range(3000)}
+        assert trained == set(A.ANSWERS[t]), t
+        for split in SPLITS:
+            got = {row["target"] for row in lines(root, t, split)}
+            assert got <= trained, (t, split, got - trained)
+        rng = np.random.default_rng(3)
+        assert {A.make_example(t, "test", rng, render=False)[2] for _ in range(3000)} <= trained, t
+
+
+def test_every_line_carries_its_abilitys_rule(root):
+    """OCR and counting `contains` (OCRBench, CV-Bench count), math and spatial relations `exact`, GUI `letter`."""
+    for t in A.ORDER:
+        for split in SPLITS:
+            for row in lines(root, t, split):
+                if t == "acl-vp":
+                    want = "exact" if row["target"] in ("left", "right", "above", "below") else "contains"
+                else:
+                    want = {"acl-ocr": "contains", "acl-math": "exact", "acl-gui": "letter"}[t]
+                assert row["metric"] == want, row
+
+
+def test_the_rules_on_hand_made_predictions():
+    cases = [  # (rule, answer, prediction, score)
+        ("contains", "cat", "the word is CAT", 100), ("contains", "cat", "cat", 100), ("contains", "cat", "cats", 0),
+        ("contains", "cat", "dog", 0), ("contains", "7", "there are seven", 100), ("contains", "7", "17", 0),
+        ("contains", "12", "it reads 12.", 100),
+        ("letter", "B", "B", 100), ("letter", "B", "(B) save", 100), ("letter", "B", "B: save", 100),
+        ("letter", "B", "b", 100), ("letter", "B", "C", 0), ("letter", "B", "save", 0), ("letter", "B", "", 0),
+        ("exact", "7", "7", 100), ("exact", "7", "seven", 100), ("exact", "7", "the answer is 7", 0),
+        ("exact", "yes", "Yes.", 100), ("exact", "no", "yes", 0), ("exact", "left", "left", 100),
+        ("exact", "left", "to the left", 0), ("exact", "red", "red", 100),
+    ]
+    samples = [Sample(str(i), "image", "q", ans, [ans], metric=rule) for i, (rule, ans, _, _) in enumerate(cases)]
+    got = score_samples(samples, [pred for _, _, pred, _ in cases])
+    assert got == [float(want) for *_, want in cases], [c for c, g in zip(cases, got) if g != c[3]]
+
+
+def test_acl_vocabulary_holds_every_word_drawn(root):
+    """acl_vocabulary() (what the rebuilt tiny base must add) covers every instruction and answer of both
+    generators and the task names; the shipped base's vocabulary() does not hold them yet (its key is unchanged)."""
+    vocab = set(A.acl_vocabulary())
+    for t in A.ORDER:
+        assert set(A.split_words(t)) <= vocab
+        for split in SPLITS:
+            for row in lines(root, t, split):
+                assert set(A.split_words(row["instruction"] + " " + row["target"])) <= vocab, row
+    for _, q, a in A.acl_text_pairs(n_per_task=200):
+        assert set(A.split_words(q + " " + a)) <= vocab
+    assert G._split_words("acl-ocr (A) 18") == A.split_words("acl-ocr (A) 18")
+    assert {"ocr", "gui", "18", "(", "lamp"} <= vocab and not {"ocr", "gui", "18", "lamp"} & set(G.vocabulary())
