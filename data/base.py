@@ -77,10 +77,11 @@ def build_key(steps=None):
 @functools.lru_cache(maxsize=None)
 def _key(steps):
     """build_key, kept in cache/keys/ under a hash of what the recipe is drawn from (this file, the builder,
-    data/generate.py, the steps, numpy's version): drawing the corpus and vocabulary costs every process ~2 s otherwise."""
+    data/generate.py and data/acl.py, the steps, numpy's version): drawing the corpus and vocabulary costs every process ~2 s otherwise."""
     import data.generate
-    builder = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tiny.py")
-    code = b"".join(open(f, "rb").read() for f in (__file__, builder, data.generate.__file__))
+    here = os.path.dirname(os.path.abspath(__file__))
+    code = b"".join(open(f, "rb").read() for f in (__file__, os.path.join(here, "tiny.py"), data.generate.__file__,
+                                                   os.path.join(here, "acl.py")))
     path = os.path.join(CACHE, "keys", hashlib.sha1(code + f"{steps} {np.__version__}".encode()).hexdigest()[:16])
     try:
         with open(path) as f:
