@@ -12,12 +12,15 @@ import data.load as L
 from conftest import run_script
 from data import generate as G
 
-# LLaVA-1.5's template (llava-hf/llava-1.5-7b-hf's chat_template.json, without its generation tags): images first,
-# then the text; the assistant turn is left open (LLaVA trains "ASSISTANT: answer</s>")
-TEMPLATE = ("{% for m in messages %}{{ m['role'].upper() + ': ' }}{% for c in m['content'] %}{% if c['type'] == "
-            "'image' %}{{ '<image>\n' }}{% endif %}{% endfor %}{% for c in m['content'] %}{% if c['type'] == 'text' %}"
-            "{{ c['text'] + ' ' }}{% endif %}{% endfor %}{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}"
-            "{% endif %}")
+# llava-hf/llava-1.5-7b-hf's chat template (its chat_template.json): images first, then the text; the assistant turn is
+# left open (LLaVA trains "ASSISTANT: answer</s>")
+TEMPLATE = ("{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': '}}"
+            "{% endif %}{# Render all images first #}{% for content in message['content'] | selectattr('type', "
+            "'equalto', 'image') %}{{ '<image>\\n' }}{% endfor %}{# Render all text next #}{% if message['role'] != "
+            "'assistant' %}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+            "{{ content['text'] + ' '}}{% endfor %}{% else %}{% for content in message['content'] | selectattr('type', "
+            "'equalto', 'text') %}{% generation %}{{ content['text'] + ' '}}{% endgeneration %}{% endfor %}{% endif %}"
+            "{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}")
 # (vision_feature_layer, vision_feature_select_strategy): llava-1.5's, and a list of layers with the CLS kept
 SELECTS = {"default": (-2, "default"), "full": ([-3, -1], "full")}
 
