@@ -10,6 +10,7 @@ any particular CL method, and nothing under data/ imports this file.
 """
 import argparse
 import contextlib
+import copy
 import json
 import math
 import os
@@ -33,7 +34,7 @@ import warnings
 # common.py stands on data/ (inputs, files, errors, scoring) and never the other way round: nothing under data/ that
 # it imports imports it, and the tiny base's builder (data/tiny.py, a training program) and tools/ sit above it
 from data.files import CACHE, ROOT, UserError, atomic_save, atomic_write, first_line   # noqa: F401  (re-exported)
-from data.load import Encoders, check_model_dir, encode_samples, load_llm, load_tasks
+from data.load import Encoders, check_model_dir, encode_samples, load_llava, load_llm, load_tasks
 from data.score import SCALE, score_predictions, score_samples, task_rule   # noqa: F401  (re-exported for the methods)
 from data.base import aligned_projectors, tiny_base
 
@@ -74,6 +75,9 @@ def shared_parser(method, doc):
     g.add_argument("--llm", default="tiny", help="'tiny' (embedded default) or a Hugging Face causal-LM id/path")
     g.add_argument("--image-encoder", default="tiny", help="'tiny' or a HF vision model id/path (e.g. CLIP)")
     g.add_argument("--audio-encoder", default="tiny", help="'tiny' or a HF audio model id/path (AST, Whisper, CLAP)")
+    g.add_argument("--mllm", default=None, help="a LLaVA checkpoint (transformers format) id/path, e.g. "
+                   "llava-hf/llava-1.5-7b-hf, instead of --llm and --image-encoder: its LLM, vision tower (its feature "
+                   "layer, all patch tokens), trained projector and chat template; video and audio as usual")
     g.add_argument("--chat-template", action="store_true", help="prompt through the LLM tokenizer's chat template "
                    "(user turn: cue, media, instruction; assistant turn: target), as instruct LLMs are tuned")
     # batch 16, lr 1e-3, 20 epochs: chosen on the validation split (--val, never test) as the setting in which
@@ -106,6 +110,12 @@ def shared_parser(method, doc):
 def parse_args(parser, argv=None, run_name=None):
     """Parse and validate shared flags. `run_name` names the output folder (default: the method)."""
     args = parser.parse_args(argv)
+    if args.mllm is not None:           # --mllm is the LLM and the image encoder: given both ways, one of them is wrong
+        given = parser.parse_args(argv, argparse.Namespace(llm=None, image_encoder=None))   # None: the flag not given
+        if given.llm is not None or given.image_encoder is not None:
+            raise UserError("--mllm brings its own LLM and image encoder; give --mllm or --llm / --image-encoder, "
+                            "not both")
+        args.llm = args.image_encoder = args.mllm
     if args.tasks is not None:          # a sequence of its own: named "custom", its order is the sequence itself
         if args.scenario is not None:
             raise UserError("--tasks and --scenario name two task sequences; give one of them")
@@ -203,11 +213,14 @@ class Batch:
 class MLLM(nn.Module):
     """Frozen LLM (optionally peft-wrapped) + trainable per-modality projectors."""
 
-    def __init__(self, llm, tokenizer, enc_dims, chat=False):
+    def __init__(self, llm, tokenizer, enc_dims, chat=False, projectors=None, prompt=None):
+        """`projectors`: {modality: module} to use instead of a fresh Projector (--mllm: LLaVA's); `prompt`:
+        (modality, instruction, target) -> (ids before the media, after it, target ids) instead of ours (--mllm)."""
         super().__init__()
-        self.llm, self.tok, self.chat = llm, tokenizer, chat
+        self.llm, self.tok, self.chat, self.prompt = llm, tokenizer, chat, prompt
         d = llm.config.get_text_config().hidden_size
-        self.projectors = nn.ModuleDict({m: Projector(k, d) for m, k in enc_dims.items()})
+        given = projectors or {}
+        self.projectors = nn.ModuleDict({m: given[m] if m in given else Projector(k, d) for m, k in enc_dims.items()})
         self.bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
         self.media_id = tokenizer.pad_token_id    # placeholder id; its embedding is overwritten
         # from_pretrained hands the LLM over in eval mode and generate() restores the mode it found: set train mode
@@ -227,7 +240,9 @@ class MLLM(nn.Module):
         key = (s.modality, s.instruction, s.target, self.chat)
         if s._ids is None or s._ids[0] != key:
             enc = lambda t: self.tok(t, add_special_tokens=False)["input_ids"]
-            if self.chat:
+            if self.prompt is not None:
+                s._ids = (key, *self.prompt(s.modality, s.instruction, s.target))
+            elif self.chat:
                 s._ids = (key, *self._chat_ids(s, enc))
             else:
                 head = self.bos + (enc(CUES[s.modality]) if s.modality in CUES else [])
@@ -279,7 +294,7 @@ class MLLM(nn.Module):
             if not idx:
                 continue
             x = torch.stack([b.feats[i] for i in idx]).to(emb.device)           # (n, K, D_enc)
-            tokens = proj(x.to(proj[1].weight.dtype)).to(emb.dtype)             # (n, K, D)
+            tokens = proj(x.to(proj[-1].weight.dtype)).to(emb.dtype)            # (n, K, D)
             sel = torch.zeros_like(b.media_mask)
             sel[idx] = b.media_mask[idx]
             emb = emb.masked_scatter(sel.unsqueeze(-1), tokens.reshape(-1, tokens.shape[-1]))
@@ -361,8 +376,10 @@ def check_flags(args):
                         "models with python tools/align.py and pass --projectors PATH")
     if args.projectors not in ("scratch", "aligned") and not os.path.isfile(args.projectors):
         raise UserError(f"--projectors {args.projectors}: expected scratch, aligned or a file of tools/align.py")
-    for flag, path, kind in (("--llm", args.llm, "llm"), ("--image-encoder", args.image_encoder, "image"),
-                             ("--audio-encoder", args.audio_encoder, "audio")):
+    models = [("--llm", args.llm, "llm"), ("--image-encoder", args.image_encoder, "image")]
+    if getattr(args, "mllm", None):     # --mllm stands for both
+        models = [("--mllm", args.mllm, "llava")]
+    for flag, path, kind in models + [("--audio-encoder", args.audio_encoder, "audio")]:
         if path != "tiny":
             check_model_dir(path, flag, kind)
 
@@ -374,13 +391,17 @@ def build_model(args):
     tasks, text = load_tasks(args)
     tiny = tiny_base() if "tiny" in (args.llm, args.image_encoder, args.audio_encoder) else {}
     pick = lambda v, k: tiny[k] if v == "tiny" else v
-    enc = Encoders(pick(args.image_encoder, "image"), pick(args.audio_encoder, "audio"), args.device)
+    llava = load_llava(args.mllm, args.device) if getattr(args, "mllm", None) else None   # --mllm: its parts
+    enc = Encoders(pick(args.image_encoder, "image"), pick(args.audio_encoder, "audio"), args.device, llava)
     encode_samples(enc, tasks, cache_dir=os.path.join(CACHE, "features"))
-    llm, tok = load_llm(pick(args.llm, "llm"), args.device)
-    if args.chat_template and not getattr(tok, "chat_template", None):
+    llm, tok = (llava.llm, llava.tok) if llava else load_llm(pick(args.llm, "llm"), args.device)
+    if args.chat_template and not llava and not getattr(tok, "chat_template", None):
         raise UserError(f"--chat-template: the tokenizer of --llm {args.llm} has no chat template")
     seed_everything(args.seed)
-    model = MLLM(llm, tok, enc.dims, chat=args.chat_template).to(args.device)
+    # --mllm: LLaVA's trained projector for images (a copy for video frames, which go through its tower), its prompt
+    given = {"image": llava.projector, "video": copy.deepcopy(llava.projector)} if llava else {}
+    model = MLLM(llm, tok, enc.dims, chat=args.chat_template, projectors=given,
+                 prompt=llava and llava.prompt).to(args.device)
     # the embedded default is named by its build (tiny-<key>), so --resume refuses a run made on another tiny base
     name = lambda v, k: tiny["name"] if v == "tiny" else v
     args.fingerprint = {"llm": name(args.llm, "llm"), "image_encoder": name(args.image_encoder, "image"),

@@ -41,6 +41,7 @@ Usage:
     python mr_lora.py --scenario micl --order 1
     python mr_lora.py --scenario dcl                      # domain CL: the router must look at the image
     python mr_lora.py --scenario dcl --oracle             # ground-truth expert (run name mr-lora-oracle)
+    python mr_lora.py --scenario dcl --mllm llava-hf/llava-1.5-7b-hf   # on MLLM-CL's own base model (a GPU)
 """
 import copy
 import string

@@ -3,9 +3,10 @@
     manifest line -> Sample -> media file decoded (PNG / JPEG, WAV / FLAC, MP4 / AVI) -> frozen encoder -> pooled
     features (K, D_enc) on sample.feat, computed once per media file and cached on disk
 
-Model flags (--llm / --image-encoder / --audio-encoder) are checked here before anything loads (check_model_dir):
-a wrong path, a folder holding another kind of model or a half-downloaded checkpoint is one line, not a traceback.
-common.build_model calls load_tasks, Encoders, encode_samples and load_llm; nothing here knows about a CL method.
+Model flags (--llm / --image-encoder / --audio-encoder / --mllm) are checked here before anything loads
+(check_model_dir): a wrong path, a folder holding another kind of model or a half-downloaded checkpoint is one line,
+not a traceback. common.build_model calls load_tasks, Encoders, encode_samples and load_llm (or load_llava, which
+splits a LLaVA checkpoint into those parts); nothing here knows about a CL method.
 """
 import hashlib
 import json
@@ -256,25 +257,35 @@ def weights_id(path):
 
 
 class Encoders:
-    """Frozen image (also used per video frame) and audio encoders with their HF preprocessors."""
+    """Frozen image (also used per video frame) and audio encoders with their HF preprocessors. With `llava` (a
+    load_llava result, --mllm) the image encoder is its vision tower with its image processor and feature selection."""
 
-    def __init__(self, image_path, audio_path, device):
+    def __init__(self, image_path, audio_path, device, llava=None):
         from transformers import AutoFeatureExtractor, AutoImageProcessor, AutoModel
         self.device = device
-        check_model_dir(image_path, "--image-encoder", "image")
+        if llava is None:
+            check_model_dir(image_path, "--image-encoder", "image")
         check_model_dir(audio_path, "--audio-encoder", "audio")
-        self.image_proc = _hf_load(AutoImageProcessor, image_path, "--image-encoder")
-        self.image = _encoder_module(_hf_load(AutoModel, image_path, "--image-encoder"), "vision_model").to(device).eval()
+        if llava is None:
+            self.image_proc = _hf_load(AutoImageProcessor, image_path, "--image-encoder")
+            self.image = _encoder_module(_hf_load(AutoModel, image_path, "--image-encoder"), "vision_model").to(device).eval()
+            self.select, width = None, _hidden(self.image)
+        else:
+            self.image_proc, self.image, self.select = llava.image_proc, llava.tower.to(device), llava.select
+            width = _hidden(self.image) * (1 if isinstance(self.select[0], int) else len(self.select[0]))
         self.audio_fe = _hf_load(AutoFeatureExtractor, audio_path, "--audio-encoder")
         self.audio = _encoder_module(_hf_load(AutoModel, audio_path, "--audio-encoder"), "audio_model").to(device).eval()
-        self.dims = {"image": _hidden(self.image), "video": _hidden(self.image), "audio": _hidden(self.audio)}
-        self.name = f"{weights_id(image_path)}|{weights_id(audio_path)}"      # names the feature cache
+        self.dims = {"image": width, "video": width, "audio": _hidden(self.audio)}
+        sel = "" if self.select is None else f" llava {self.select}"
+        self.name = f"{weights_id(image_path)}{sel}|{weights_id(audio_path)}"      # names the feature cache
 
     @torch.no_grad()
     def __call__(self, modality, medias):
         """Pooled features of a list of media files of one modality: list of (K, D_enc) float32 CPU tensors."""
         if modality == "image":
             h = self._image([load_image(m) for m in medias])                         # (n, L, D)
+            if self.select is not None:       # --mllm: every patch token, as LLaVA feeds them (no pooling)
+                return [x.clone() for x in h]
             return [pool_tokens(x[None], 1, IMAGE_TOKENS) for x in h]
         if modality == "video":
             clips = [load_video(m) for m in medias]
@@ -290,7 +301,13 @@ class Encoders:
     def _image(self, frames):
         # channels_last said, not guessed: a 1x1 or 1x3 image would otherwise be read as channels-first
         x = self.image_proc(frames, return_tensors="pt", input_data_format="channels_last")["pixel_values"].to(self.device)
-        h = self.image(pixel_values=x).last_hidden_state.float().cpu()              # (N_frames, L, D)
+        if self.select is None:
+            h = self.image(pixel_values=x).last_hidden_state.float().cpu()          # (N_frames, L, D)
+        else:   # --mllm, as LlavaModel.get_image_features: hidden_states[vision_feature_layer] (a list of layers:
+            layer, strategy = self.select     # concatenated), the CLS token dropped for the "default" strategy
+            hs = self.image(pixel_values=x, output_hidden_states=True).hidden_states
+            drop = int(strategy == "default")
+            h = torch.cat([hs[i][:, drop:] for i in ([layer] if isinstance(layer, int) else layer)], -1).float().cpu()
         self._last_shape = h.shape[1:]
         return h
 
@@ -306,12 +323,16 @@ def _hf_load(cls, path, flag):
 
 
 # what each model flag must name, decided from config.json's model_type with transformers' auto-model mappings
-MODEL_KINDS = {"llm": "a causal language model", "image": "an image (vision) encoder", "audio": "an audio encoder"}
+MODEL_KINDS = {"llm": "a causal language model", "image": "an image (vision) encoder", "audio": "an audio encoder",
+               "llava": "a LLaVA checkpoint in the transformers format (LlavaForConditionalGeneration, model_type "
+                        "'llava', e.g. llava-hf/llava-1.5-7b-hf)"}
 
 
 def _model_kind_ok(cfg, kind):
     from transformers.models.auto import modeling_auto as M
     t = cfg.model_type or ""
+    if kind == "llava":
+        return t == "llava"
     if kind == "llm":
         return t in M.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
     maps = ([M.MODEL_FOR_IMAGE_MAPPING_NAMES, M.MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES,
@@ -360,7 +381,7 @@ def _safetensors_complete(path):
 
 
 def check_model_dir(path, flag, kind):
-    """A local model flag (--llm / --image-encoder / --audio-encoder) must name a folder that holds a model of
+    """A local model flag (--llm / --image-encoder / --audio-encoder / --mllm) must name a folder that holds a model of
     `kind` (MODEL_KINDS) with its weights: anything else is one line naming the flag, the path and what was
     expected. Hugging Face hub ids (not local paths) are left to from_pretrained."""
     want = MODEL_KINDS[kind]
@@ -456,3 +477,90 @@ def load_llm(path, device):
     for p in llm.parameters():
         p.requires_grad_(False)
     return llm.to(device), tok
+
+
+# ================================================================================================== --mllm (LLaVA)
+@dataclass
+class Llava:
+    """A LLaVA checkpoint split into the project's MLLM parts (load_llava)."""
+    llm: object            # its language model with its LM head, as the LLM's own causal-LM class (LoRA goes here)
+    tok: object            # its tokenizer
+    tower: object          # its vision tower (frozen, fp32)
+    image_proc: object     # its processor's image processor
+    projector: object      # its multi_modal_projector as Linear -> act -> Linear, trained weights, trainable, fp32
+    select: tuple          # (vision_feature_layer, vision_feature_select_strategy) of its config
+    prompt: object         # ChatPrompt: its chat template with the image placeholder
+
+
+def load_llava(path, device):
+    """--mllm: a LLaVA checkpoint in the transformers format (LlavaForConditionalGeneration, e.g.
+    llava-hf/llava-1.5-7b-hf) as the project's parts, so every method runs on it unchanged: the vision tower is the
+    image encoder (Encoders with `select`: hidden_states[vision_feature_layer], CLS dropped for "default", all patch
+    tokens), multi_modal_projector the image projector, the language model + lm_head the LLM, and the processor's
+    chat template the prompt (ChatPrompt). Other modalities keep their own flags."""
+    from transformers import AutoModelForCausalLM, AutoProcessor, LlavaForConditionalGeneration
+    check_model_dir(path, "--mllm", "llava")
+    proc = _hf_load(AutoProcessor, path, "--mllm")
+    tok = getattr(proc, "tokenizer", None)
+    template = getattr(proc, "chat_template", None) or getattr(tok, "chat_template", None)
+    image_token = getattr(proc, "image_token", None)
+    if tok is None or not template or image_token is None or tok.eos_token_id is None:
+        raise UserError(f"--mllm {path}: no processor with a tokenizer (with an eos token), a chat template and an image "
+                        f"token; expected {MODEL_KINDS['llava']} with its processor")
+    dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+    try:
+        model = LlavaForConditionalGeneration.from_pretrained(path, dtype=dtype)
+    except Exception as e:
+        raise UserError(f"--mllm {path}: could not load LlavaForConditionalGeneration ({first_line(e)})")
+    cfg, parts = model.config, model.model
+    with torch.device("meta"):       # an empty shell of the LLM's own class; its body and head are LLaVA's
+        llm = AutoModelForCausalLM.from_config(cfg.text_config)
+    setattr(llm, llm.base_model_prefix, parts.language_model)
+    llm.lm_head = model.lm_head
+    for p in llm.parameters():
+        p.requires_grad_(False)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    p = parts.multi_modal_projector
+    projector = torch.nn.Sequential(p.linear_1, p.act, p.linear_2).float().requires_grad_(True)
+    tower = parts.vision_tower.float().requires_grad_(False).eval()      # frozen, fp32 as every encoder here
+    return Llava(llm.to(device), tok, tower, proc.image_processor, projector,
+                 (cfg.vision_feature_layer, cfg.vision_feature_select_strategy), ChatPrompt(tok, template, image_token))
+
+
+class ChatPrompt:
+    """The checkpoint's own prompt format (--mllm): a user turn [image, instruction] and an assistant turn [target]
+    rendered by its chat template, tokenised as its processor tokenises (special tokens added unless the template
+    writes them); the template's image placeholder (e.g. <image>) marks where the media tokens go (the processor
+    expands it to the image's tokens; the MLLM writes them there). Video / audio take the same place, their
+    instruction prefixed with "video: " / "audio: "; text-only samples have no placeholder. A template that leaves the
+    assistant turn's end open (LLaVA-1.5's) gets the eos token after the target, as LLaVA trains ("ASSISTANT: a</s>").
+    Called with (modality, instruction, target): (ids before the media, ids after it, target ids)."""
+
+    def __init__(self, tok, template, image_token):
+        self.tok, self.template = tok, template
+        self.image_id = tok.convert_tokens_to_ids(image_token)
+
+    def _render(self, msgs, gen):
+        return self.tok.apply_chat_template(msgs, chat_template=self.template, tokenize=False, add_generation_prompt=gen)
+
+    def _encode(self, text):
+        bos = self.tok.bos_token
+        return self.tok(text, add_special_tokens=not (bos and text.startswith(bos)))["input_ids"]
+
+    def __call__(self, modality, instruction, target):
+        media = int(modality != "text")
+        text = instruction if modality in ("image", "text") else f"{modality}: {instruction}"
+        user = [{"role": "user", "content": [{"type": "image"}] * media + [{"type": "text", "text": text}]}]
+        prompt = self._render(user, True)
+        full = self._render(user + [{"role": "assistant", "content": [{"type": "text", "text": target}]}], False)
+        answer = full[len(prompt):]
+        ids = (self._encode(full) if self.tok.eos_token in answer else
+               self._encode(prompt + answer.rstrip()) + [self.tok.eos_token_id])
+        head = self._encode(prompt)
+        at = [i for i, x in enumerate(head) if x == self.image_id]
+        if not full.startswith(prompt) or ids[:len(head)] != head or len(at) != media:
+            raise UserError("--mllm: the checkpoint's chat template does not render a user turn with one image "
+                            "placeholder and an assistant turn that extends the generation prompt")
+        k = at[0] if media else len(head)
+        return head[:k], head[k + media:], ids[len(head):]
