@@ -125,3 +125,16 @@ def test_manifest_metric_is_checked(tmp_path):
         assert f"{p}:1: {msg}" in str(e.value)
     p.write_text('{"modality": "text", "instruction": "q", "target": "red", "answers": ["red"], "metric": "letter"}\n')
     assert read_manifest(str(p), "t")[0].metric == "letter"
+
+
+def test_text_set_for_a_real_llm_asks_for_short_answers_and_finds_them():
+    """A real instruct LLM answers in sentences: its synthetic text-only set asks for the answer only and is scored
+    by `contains`; the embedded default keeps exact match on the unchanged instructions."""
+    import baselines
+    from data.load import SHORT, load_tasks
+    _, tiny = load_tasks(baselines.get_args(["--tasks", "image-qa", "--test-limit", "3"]))
+    _, real = load_tasks(baselines.get_args(["--tasks", "image-qa", "--test-limit", "3", "--llm", "some/instruct-llm"]))
+    assert [s.instruction + SHORT for s in tiny.test] == [s.instruction for s in real.test]
+    assert {s.metric for s in tiny.test} == {None} and {s.metric for s in real.test + real.train} == {"contains"}
+    assert score_samples(real.test[:1], [f"The answer is {real.test[0].target}."]) == [100.0]
+    assert score_samples(tiny.test[:1], [f"The answer is {tiny.test[0].target}."]) == [0.0]
