@@ -1,13 +1,17 @@
 """Tables and a picture over finished runs: every results.json under a folder, grouped by (scenario, order, method),
-mean +/- std over seeds. Also reachable as `python common.py summarize`.
+mean +/- std over seeds. Also reachable as `python common.py summarize`. And what the model said: a run's
+predictions/ side by side with other runs', one test sample at a time (the qualitative tables of results.md).
 
     python tools/summarize.py runs/                  # markdown tables, and runs/summary.png
     python tools/summarize.py runs/ --png out.png
+    python tools/summarize.py --compare runs/finetune__micl__order1__seed0 runs/moincl__micl__order1__seed0 \
+        --sample audio-cap/test/3                    # its answers after every step, per run (default: results.md's)
 """
 import argparse
 import glob
 import json
 import os
+import random
 import sys
 
 import numpy as np
@@ -100,13 +104,127 @@ def draw_summary(groups, path):
     os.replace(tmp, path)
 
 
+# ---------------------------------------------------------------------------------------------- predictions
+def read_predictions(run_dir):
+    """A run's predictions/ (written by common.Run): its test samples {(task, id): reference line} in test order, and
+    its evaluations [(step index, step name, {(task, id): prediction line})] in step order, zero-shot (0) first."""
+    d = os.path.join(run_dir, "predictions")
+    if not os.path.isfile(os.path.join(d, "references.jsonl")):
+        raise UserError(f"{run_dir}: no predictions/references.jsonl (not a run folder, a run that has not finished "
+                        f"a task, or one made before runs kept their predictions)")
+
+    def lines(name):
+        with open(os.path.join(d, name)) as f:
+            return {(x["task"], x["id"]): x for x in map(json.loads, f)}
+    steps = []
+    for path in glob.glob(os.path.join(d, "step*_*.jsonl")):
+        i, name = os.path.basename(path)[4:-len(".jsonl")].split("_", 1)
+        steps.append((int(i), name, lines(os.path.basename(path))))
+    return lines("references.jsonl"), sorted(steps, key=lambda s: s[0])
+
+
+def pick_samples(refs, seed, per_task=1):
+    """`per_task` test samples of every task and of the text-only set, drawn by the run's seed alone (never by score):
+    every run on that seed and data shows the same ones."""
+    ids = {}
+    for task, i in refs:
+        ids.setdefault(task, []).append(i)
+    return [(task, i) for task, xs in ids.items() for i in random.Random(f"{seed}:{task}").sample(xs, min(per_task, len(xs)))]
+
+
+def _cell(text, limit=200):
+    text = " ".join(str(text).split())                  # one table row: newlines and runs of spaces as one space
+    text = text if len(text) <= limit else text[:limit - 3] + "..."
+    return text.replace("|", "\\|") or "(nothing)"
+
+
+def sample_table(runs, key):
+    """Markdown: sample `key` = (task, id) (what it asks, its target) and what each run [(name, refs, steps)] answered
+    after every step, with the sample's score. Runs whose steps differ (joint's one step) share rows by step index."""
+    ref = runs[0][1][key]
+    more = f" (+{len(ref['references']) - 1} more references)" if len(ref.get("references") or []) > 1 else ""
+    head = ["answer (score)"] if len(runs) == 1 else [name for name, _, _ in runs]
+    out = [f"**{key[1]}** ({key[0]}, {ref['rule']}), instruction \"{_cell(ref['instruction'])}\", target "
+           f"\"{_cell(ref['target'])}\"{more}",
+           "", "| after | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
+    for k in sorted({i for _, _, steps in runs for i, _, _ in steps}):
+        names = list(dict.fromkeys(name for _, _, steps in runs for i, name, _ in steps if i == k))
+        cells = []
+        for _, _, steps in runs:
+            x = next((p[key] for i, _, p in steps if i == k and key in p), None)
+            cells.append("-" if x is None else f"{_cell(x['pred'])} ({x['score']:.0f})")
+        out.append(f"| {'zero-shot' if k == 0 else f'{k}. ' + ' / '.join(names)} | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
+def qualitative(run_dir, seed):
+    """results.md's section on what the model said (as MoInCL's Figures 3-5): one test sample per task, drawn by
+    the seed. Empty for a run without predictions/."""
+    if not os.path.isdir(os.path.join(run_dir, "predictions")):
+        return ""
+    refs, steps = read_predictions(run_dir)
+    return ("\n### What the model said\n\nOne test sample per task, drawn by the seed (not by score): the answer "
+            "after every step and its score (0-100). Every answer is in predictions/.\n\n" +
+            "\n".join(sample_table([("", refs, steps)], key) for key in pick_samples(refs, seed)))
+
+
+def find_sample(refs, sample, run_dir):
+    """The (task, id) that --sample names: a sample id, or <task>/<id> where several tasks have that id."""
+    hits = [k for k in refs if sample in (k[1], f"{k[0]}/{k[1]}")]
+    if len(hits) == 1:
+        return hits[0]
+    if hits:
+        raise UserError(f"--sample {sample}: {len(hits)} tasks of {run_dir} have it; name one as <task>/<id>: "
+                        + ", ".join(f"{t}/{i}" for t, i in hits))
+    first = {}
+    for t, i in refs:
+        first.setdefault(t, i)
+    raise UserError(f"--sample {sample}: no such test sample in {run_dir} (the first id of each task: "
+                    f"{', '.join(first.values())})")
+
+
+def compare(run_dirs, sample=None):
+    """Markdown tables: what every run said after every step on `sample` (default: results.md's seeded pick of the
+    first run) side by side. The runs must hold that sample with the same instruction and target (same data)."""
+    runs = []
+    for d in run_dirs:
+        res_path = os.path.join(d, "results.json")
+        res = json.load(open(res_path)) if os.path.isfile(res_path) else {}
+        runs.append((res.get("method") or os.path.basename(os.path.normpath(d)), *read_predictions(d), res))
+    if len({name for name, *_ in runs}) < len(runs):                # e.g. two seeds of one method: their folders
+        runs = [(os.path.basename(os.path.normpath(d)), *r[1:]) for d, r in zip(run_dirs, runs)]
+    if sample is not None:
+        keys = [find_sample(runs[0][1], sample, run_dirs[0])]
+    elif "args" in runs[0][3]:
+        keys = pick_samples(runs[0][1], runs[0][3]["args"]["seed"])
+    else:
+        raise UserError(f"{run_dirs[0]}: no results.json (an unfinished run) to take the seed from; name a sample "
+                        f"with --sample")
+    for key in keys:
+        for d, (_, refs, _, _) in zip(run_dirs[1:], runs[1:]):
+            a, b = runs[0][1][key], refs.get(key)
+            if b is None or (a["instruction"], a["target"]) != (b["instruction"], b["target"]):
+                raise UserError(f"{d}: its test sample {key[1]} ({key[0]}) is not the one of {run_dirs[0]} "
+                                f"(another seed or data)")
+    return "\n".join(sample_table([r[:3] for r in runs], key) for key in keys)
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python common.py summarize", description="tables (and a picture) over runs")
+    p = argparse.ArgumentParser(prog="python common.py summarize", description="tables (and a picture) over runs; "
+                                "with --compare, what runs said on test samples")
     p.add_argument("root", nargs="?", default="runs")
     p.add_argument("--png", default=None, help="where the picture goes (default <root>/summary.png)")
+    p.add_argument("--compare", nargs="+", metavar="RUN", help="run folders: their answers after every step, side by "
+                   "side, on the test samples of results.md (or --sample)")
+    p.add_argument("--sample", default=None, help="with --compare: a test sample id (or <task>/<id>)")
     a = p.parse_args(argv)
     try:
-        print(summarize(a.root, png=a.png or os.path.join(a.root, "summary.png")))
+        if a.compare:
+            print(compare(a.compare, a.sample))
+        elif a.sample is not None:
+            raise UserError("--sample goes with --compare RUN [RUN ...]")
+        else:
+            print(summarize(a.root, png=a.png or os.path.join(a.root, "summary.png")))
     except UserError as e:
         sys.exit(str(e.code))
 
