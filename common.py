@@ -586,7 +586,8 @@ def nonfinite_weights(model, extra=None):
 
 
 class Run:
-    """Owns the output folder: R matrix, zero-shot row, text-only accuracy, timings, per-task checkpoints, resume.
+    """Owns the output folder: R matrix, zero-shot row, text-only accuracy, timings, per-task checkpoints, every
+    evaluation's predictions, resume.
 
     Typical use in a method file:
         run = Run(args, tasks, text)
@@ -647,7 +648,7 @@ class Run:
     def ckpt_dir(self, t):
         return os.path.join(self.dir, "checkpoints", f"task{t}_{self.steps[t]}")
 
-    def evaluate(self, predict, text_predict=None):
+    def evaluate_all(self, predict, text_predict=None):
         """(score of every task, text-only accuracy or None without a text-only set, the prediction lines behind
         them)."""
         row, lines = [], []
@@ -663,7 +664,7 @@ class Run:
 
     def zero_shot(self, predict):
         if self.state["zero_shot"] is None:   # its predictions are saved with task 1's checkpoint, as the row is
-            self.state["zero_shot"], self.state["text_zero_shot"], self._zero_shot_lines = self.evaluate(predict)
+            self.state["zero_shot"], self.state["text_zero_shot"], self._zero_shot_lines = self.evaluate_all(predict)
             print(f"zero-shot: {fmt_row(self.state['zero_shot'])}{fmt_text(self.state['text_zero_shot'])}", flush=True)
         self._task_t0 = time.time()
 
@@ -675,7 +676,7 @@ class Run:
             raise _diverged(f"task {t + 1}/{len(self.steps)} {self.steps[t]}: training diverged (non-finite values "
                             f"in {bad})")
         e0 = time.time()
-        row, txt, lines = self.evaluate(predict, text_predict)
+        row, txt, lines = self.evaluate_all(predict, text_predict)
         eval_s = time.time() - e0
         with self._uninterrupted():       # checkpoint + predictions + state: all or nothing, whatever signal comes
             save_checkpoint(self.ckpt_dir(t), model, extra)

@@ -188,8 +188,10 @@ def compare(run_dirs, sample=None):
     first run) side by side. The runs must hold that sample with the same instruction and target (same data)."""
     runs = []
     for d in run_dirs:
-        res_path = os.path.join(d, "results.json")
-        res = json.load(open(res_path)) if os.path.isfile(res_path) else {}
+        res = {}
+        if os.path.isfile(os.path.join(d, "results.json")):
+            with open(os.path.join(d, "results.json")) as f:
+                res = json.load(f)
         runs.append((res.get("method") or os.path.basename(os.path.normpath(d)), *read_predictions(d), res))
     if len({name for name, *_ in runs}) < len(runs):                # e.g. two seeds of one method: their folders
         runs = [(os.path.basename(os.path.normpath(d)), *r[1:]) for d, r in zip(run_dirs, runs)]
