@@ -11,6 +11,7 @@ any particular CL method, and nothing under data/ imports this file.
 import argparse
 import contextlib
 import copy
+import glob
 import json
 import math
 import os
@@ -35,8 +36,9 @@ import warnings
 # it imports imports it, and the tiny base's builder (data/tiny.py, a training program) and tools/ sit above it
 from data.files import CACHE, ROOT, UserError, atomic_save, atomic_write, first_line   # noqa: F401  (re-exported)
 from data.load import Encoders, check_model_dir, encode_samples, load_llava, load_llm, load_tasks
-from data.score import SCALE, score_predictions, score_samples, task_rule   # noqa: F401  (re-exported for the methods)
+from data.score import SCALE, rule_of, score_predictions, score_samples, task_rule   # noqa: F401  (re-exported)
 from data.base import aligned_projectors, tiny_base
+from data.predictions import qualitative
 
 try:
     import fcntl                      # run-folder lock (POSIX); without it runs are not guarded against each other
@@ -505,8 +507,13 @@ def batches(samples, args, t, desc=None, epochs=None, opt=None):
 # ================================================================================================== metrics
 # How a prediction is scored (each task's rule, VQA answer processing, coco-caption tokens, CIDEr-D): data/score.py
 def evaluate(predict, task):
-    """Score of `predict` (list[Sample] -> list[str]) on a task's test split."""
-    return score_predictions(task.test, predict(task.test))
+    """Score of `predict` (list[Sample] -> list[str]) on a task's test split, and what it answered: one line per
+    sample (task, id, pred, score). The score is the mean of those per-sample scores, so the lines that
+    Run saves are exactly the predictions behind R."""
+    preds = predict(task.test)
+    scores = score_samples(task.test, preds)
+    lines = [{"task": task.name, "id": s.id, "pred": p, "score": x} for s, p, x in zip(task.test, preds, scores)]
+    return float(sum(scores) / len(scores)), lines
 
 
 def brg_steps(R):
@@ -549,6 +556,16 @@ def environment(args):
 
 
 LOCK = ".lock"       # in every run folder, flock'ed by the live run: the OS drops the lock when the process dies
+PREDICTIONS = "predictions"       # in every run folder: what the model answered in every evaluation (Run._write_predictions)
+
+
+def reference_line(task, s):
+    """What sample `s` of `task` asked and accepts, as predictions/references.jsonl stores it."""
+    line = {"task": task, "id": s.id, "rule": rule_of(s), "instruction": s.instruction, "target": s.target}
+    for k in ("answers", "references", "annotators"):     # left out where they say no more than the target
+        if getattr(s, k) not in (None, [s.target]):
+            line[k] = getattr(s, k)
+    return line
 
 
 def _lock_holder(run_dir):
@@ -610,7 +627,8 @@ def nonfinite_weights(model, extra=None):
 
 
 class Run:
-    """Owns the output folder: R matrix, zero-shot row, text-only accuracy, timings, per-task checkpoints, resume.
+    """Owns the output folder: R matrix, zero-shot row, text-only accuracy, timings, per-task checkpoints, every
+    evaluation's predictions, resume.
 
     Typical use in a method file:
         run = Run(args, tasks, text)
@@ -634,6 +652,7 @@ class Run:
                       "timings": {"train_s": [], "eval_s": []}, "extras": {}, "done": 0}
         self.t0 = time.time()
         self._lock_fd, self._signals, self._critical, self._pending = None, {}, 0, None
+        self._zero_shot_lines = None      # the zero-shot predictions until task 1's checkpoint saves them
         check_output_dir(self.dir)        # first: a live run's folder is never called "not a run", never touched
         has_run = os.path.exists(self._state_path)
         if os.path.isdir(self.dir) and set(os.listdir(self.dir)) - {LOCK} and not has_run:
@@ -649,6 +668,9 @@ class Run:
                     raise UserError(f"--resume: {self.dir} was made with a different model or task sequence "
                                     f"(saved vs now: {diff})")
                 self.state = saved["state"]
+                for path in glob.glob(os.path.join(self.dir, PREDICTIONS, "step*_*.jsonl")):
+                    if int(os.path.basename(path)[4:].split("_")[0]) > self.state["done"]:   # a step killed before
+                        os.remove(path)                                                     # its state write
             else:
                 if has_run:
                     self._clear()         # a fresh run never mixes with an old run's files
@@ -667,17 +689,23 @@ class Run:
     def ckpt_dir(self, t):
         return os.path.join(self.dir, "checkpoints", f"task{t}_{self.steps[t]}")
 
-    def score_row(self, predict):
-        return [evaluate(predict, task) for task in self.tasks]
-
-    def text_score(self, predict):
-        """Text-only instruction accuracy, or None without a text-only set."""
-        return None if self.text is None else evaluate(predict, self.text)
+    def evaluate_all(self, predict, text_predict=None):
+        """(score of every task, text-only accuracy or None without a text-only set, the prediction lines behind
+        them)."""
+        row, lines = [], []
+        for task in self.tasks:
+            score, task_lines = evaluate(predict, task)
+            row.append(score)
+            lines += task_lines
+        text = None
+        if self.text is not None:
+            text, text_lines = evaluate(text_predict or predict, self.text)
+            lines += text_lines
+        return row, text, lines
 
     def zero_shot(self, predict):
-        if self.state["zero_shot"] is None:
-            self.state["zero_shot"] = self.score_row(predict)
-            self.state["text_zero_shot"] = self.text_score(predict)
+        if self.state["zero_shot"] is None:   # its predictions are saved with task 1's checkpoint, as the row is
+            self.state["zero_shot"], self.state["text_zero_shot"], self._zero_shot_lines = self.evaluate_all(predict)
             print(f"zero-shot: {fmt_row(self.state['zero_shot'])}{fmt_text(self.state['text_zero_shot'])}", flush=True)
         self._task_t0 = time.time()
 
@@ -689,11 +717,11 @@ class Run:
             raise _diverged(f"task {t + 1}/{len(self.steps)} {self.steps[t]}: training diverged (non-finite values "
                             f"in {bad})")
         e0 = time.time()
-        row = self.score_row(predict)
-        txt = self.text_score(text_predict or predict)
+        row, txt, lines = self.evaluate_all(predict, text_predict)
         eval_s = time.time() - e0
-        with self._uninterrupted():       # checkpoint + state: all or nothing, whatever signal comes
+        with self._uninterrupted():       # checkpoint + predictions + state: all or nothing, whatever signal comes
             save_checkpoint(self.ckpt_dir(t), model, extra)
+            self._write_predictions(t, lines)
             self.state["R"][t] = row
             self.state["text"].append(txt)
             self.state["timings"]["train_s"].append(train_s)
@@ -707,6 +735,23 @@ class Run:
         print(f"after step {t + 1}/{len(self.steps)} {self.steps[t]:>10}: {fmt_row(row)}{fmt_text(txt)} "
               f"| train {train_s:.0f}s eval {eval_s:.0f}s", flush=True)
         self._task_t0 = time.time()
+
+    def _write_predictions(self, t, lines):
+        """predictions/step<i>_<step>.jsonl: what the model answered after step i (step0_zero-shot: before task 1),
+        one JSON line per task and test sample: task, id, pred, score (0-100; a task's R entry is their mean).
+        references.jsonl, once per run: what each sample asked and accepts (task, id, rule, instruction, target, and
+        answers / references / annotators where they are more than the target), so data.score can re-score them."""
+        d = os.path.join(self.dir, PREDICTIONS)
+        os.makedirs(d, exist_ok=True)
+        files = {f"step{t + 1}_{self.steps[t]}.jsonl": lines}
+        if self._zero_shot_lines is not None:
+            files["step0_zero-shot.jsonl"] = self._zero_shot_lines
+        if not os.path.exists(os.path.join(d, "references.jsonl")):
+            files["references.jsonl"] = [reference_line(task.name, s) for task in self.tasks + [self.text] * (
+                self.text is not None) for s in task.test]
+        for name, rows in files.items():
+            atomic_write(os.path.join(d, name), "".join(json.dumps(r) + "\n" for r in rows))
+        self._zero_shot_lines = None
 
     def resume(self, model):
         """Load the last finished task's checkpoint into `model`; returns the method's `extra` state (or None)."""
@@ -735,12 +780,12 @@ class Run:
                "timings": s["timings"], "environment": environment(self.args),
                "fingerprint": self.args.fingerprint}
         with self._uninterrupted():       # results.json last: it is what marks a run finished
-            atomic_write(os.path.join(self.dir, "results.md"), results_markdown(res))
+            atomic_write(os.path.join(self.dir, "results.md"), results_markdown(res) + qualitative(self.dir, self.args.seed))
             draw_matrix(R, res["steps"], res["tasks"], os.path.join(self.dir, "matrix.png"), title=f"{res['method']} {self.args.scenario} "
                         f"order {self.args.order} seed {self.args.seed}")
             atomic_write(os.path.join(self.dir, "results.json"), json.dumps(_jsonable(res), indent=1))
         print(results_markdown(res))
-        print(f"wrote {self.dir}/results.json, results.md, matrix.png")
+        print(f"wrote {self.dir}/results.json, results.md, matrix.png, predictions/")
         self.close()
         return res
 

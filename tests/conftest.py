@@ -103,15 +103,19 @@ def crash_and_resume(script, out, *flags, after=1):
 
 
 def same_results(a, b):
-    """Two finished runs are identical: R, text-only row and metrics, and every task's saved weights (LoRA and
-    projectors, byte for byte), which show a difference that greedy decoding hides."""
+    """Two finished runs are identical: R, text-only row and metrics, every task's saved weights (LoRA and
+    projectors, byte for byte), which show a difference that greedy decoding hides, and every evaluation's
+    predictions/ file (byte for byte)."""
     import glob
     ra, rb = (json.load(open(os.path.join(d, "results.json"))) for d in (a, b))
-    weights = [sorted(glob.glob(os.path.join(d, "checkpoints", "*", "**", "*.safetensors"), recursive=True))
-               for d in (a, b)]
-    assert weights[0] and [os.path.relpath(p, a) for p in weights[0]] == [os.path.relpath(p, b) for p in weights[1]]
+    files = [sorted(glob.glob(os.path.join(d, "checkpoints", "*", "**", "*.safetensors"), recursive=True)) +
+             sorted(glob.glob(os.path.join(d, "predictions", "*.jsonl"))) for d in (a, b)]
+    assert [os.path.relpath(p, a) for p in files[0]] == [os.path.relpath(p, b) for p in files[1]]
+    names = [os.path.basename(p) for p in files[0]]
+    assert any(n.endswith(".safetensors") for n in names) and "references.jsonl" in names
+    assert sum(n.startswith("step") for n in names) == 1 + len(ra["steps"])          # zero-shot + one per step
     return all(ra[k] == rb[k] for k in ("R", "zero_shot", "text", "metrics")) and all(
-        open(pa, "rb").read() == open(pb, "rb").read() for pa, pb in zip(*weights))
+        open(pa, "rb").read() == open(pb, "rb").read() for pa, pb in zip(*files))
 
 
 def tiny_mllm(words, enc_dims):

@@ -257,18 +257,21 @@ def test_lock_is_per_folder_and_released(tmp_path):
 
 
 def test_a_killed_runs_temp_files_are_removed(tmp_path, keep_signal_handlers):
-    """kill -9 in the middle of a checkpoint / state write leaves temp files: the next Run on the folder removes them
-    (so nothing half-written is ever read as finished) and keeps everything else."""
+    """kill -9 in the middle of a checkpoint / predictions / state write leaves temp files, and the predictions of a
+    step whose state was not written: the next Run on the folder removes them (so nothing half-written is ever read
+    as finished) and keeps everything else."""
     run, model, args = _tiny_run(tmp_path)
     run.end_task(0, model, lambda ss: ["red"] * len(ss))
     run.close()
     out = tmp_path / "run"
+    assert sorted(os.listdir(out / "predictions")) == ["references.jsonl", "step1_t.jsonl"]
     half = [out / "checkpoints" / "task1_t.tmp" / "lora", out / "state.json.4242.tmp", out / "results.json.4242.tmp",
-            out / "matrix.png.tmp.png"]
+            out / "matrix.png.tmp.png", out / "predictions" / "step2_u.jsonl.4242.tmp"]
     half[0].mkdir(parents=True)
     for p in half[1:]:
         p.write_text("half")
     before = sorted(p for p in out.rglob("*") if ".tmp" not in str(p))
+    (out / "predictions" / "step2_u.jsonl").write_text("a whole file of step 2, whose state was never written\n")
     args.resume = True
     run = C.Run(args, run.tasks, run.text)
     assert run.start == 1 and not [p for p in out.rglob("*") if ".tmp" in str(p)]

@@ -42,3 +42,56 @@ def test_summarize_default_png_and_empty_root(tmp_path):
     with pytest.raises(SystemExit) as e:
         summarize([str(empty)])
     assert str(e.value.code) == f"error: {empty}: no results.json found"
+
+
+# ---------------------------------------------------------------------------------------------- --compare
+def fake_predictions(root, name, method, steps, targets=("a red dot", "yes"), seed=0):
+    """A run folder with results.json and predictions/: samples x/0 (task x, a caption) and y/0 (task y, QA);
+    `steps` = [(step name, (x's answer, y's answer))], zero-shot first."""
+    d = root / name
+    (d / "predictions").mkdir(parents=True)
+    (d / "results.json").write_text(json.dumps({"method": method, "args": {"seed": seed}}))
+    refs = [{"task": "x", "id": "0", "rule": "cider10", "instruction": "describe.", "target": targets[0]},
+            {"task": "y", "id": "0", "rule": "exact", "instruction": "is it | red?", "target": targets[1]}]
+    (d / "predictions" / "references.jsonl").write_text("".join(json.dumps(r) + "\n" for r in refs))
+    for i, (step, preds) in enumerate(steps):
+        lines = [{"task": t, "id": "0", "pred": p, "score": 100.0 * (p == r["target"])} for t, p, r in zip("xy", preds, refs)]
+        (d / "predictions" / f"step{i}_{step}.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return str(d)
+
+
+def test_compare_lines_up_steps_and_names_samples(tmp_path, capsys):
+    ft = fake_predictions(tmp_path, "ft", "finetune", [("zero-shot", ("", "no")), ("x", ("a red dot", "no")),
+                                                       ("y", ("a blue\ndot", "yes"))])
+    joint = fake_predictions(tmp_path, "joint", "joint", [("zero-shot", ("", "no")), ("joint", ("a red dot", "yes"))])
+    summarize(["--compare", ft, joint, "--sample", "x/0"])           # <task>/<id>: both tasks have a sample "0"
+    assert capsys.readouterr().out == (
+        '**0** (x, cider10), instruction "describe.", target "a red dot"\n\n'
+        "| after | finetune | joint |\n|---|---|---|\n"
+        "| zero-shot | (nothing) (0) | (nothing) (0) |\n"
+        "| 1. x / joint | a red dot (100) | a red dot (100) |\n"
+        "| 2. y | a blue dot (0) | - |\n\n")
+    summarize(["--compare", ft, "--sample", "y/0"])                  # one run; a | in a cell is escaped
+    assert capsys.readouterr().out.splitlines()[:3] == [
+        '**0** (y, exact), instruction "is it \\| red?", target "yes"', "", "| after | answer (score) |"]
+    summarize(["--compare", ft, ft])                                 # no --sample: one per task, seeded; same method
+    out = capsys.readouterr().out
+    assert out.count("| after | ft | ft |") == 2 and "**0** (x, " in out and "**0** (y, " in out
+
+
+@pytest.mark.parametrize("argv, line", [
+    ("--compare {FT} --sample 0", "--sample 0: 2 tasks of {FT} have it; name one as <task>/<id>: x/0, y/0"),
+    ("--compare {FT} --sample z/0", "--sample z/0: no such test sample in {FT} (the first id of each task: 0, 0)"),
+    ("--compare {FT} {OTHER} --sample x/0", "{OTHER}: its test sample 0 (x) is not the one of {FT} (another seed or data)"),
+    ("--compare {FT} {EMPTY}", "{EMPTY}: no predictions/references.jsonl (not a run folder, a run that has not "
+                               "finished a task, or one made before runs kept their predictions)"),
+    ("{EMPTY} --sample x/0", "--sample goes with --compare RUN [RUN ...]"),
+])
+def test_compare_errors_are_one_line(argv, line, tmp_path):
+    dirs = {"FT": fake_predictions(tmp_path, "ft", "finetune", [("zero-shot", ("", "no"))]),
+            "OTHER": fake_predictions(tmp_path, "other", "moincl", [("zero-shot", ("", "no"))], targets=("a cat", "no")),
+            "EMPTY": str(tmp_path / "empty")}
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit) as e:
+        summarize(argv.format(**dirs).split())
+    assert str(e.value.code) == "error: " + line.format(**dirs)

@@ -1,8 +1,11 @@
 """Tables and a picture over finished runs: every results.json under a folder, grouped by (scenario, order, method),
-mean +/- std over seeds. Run as `python tools/summarize.py` (or `python -m tools.summarize`).
+mean +/- std over seeds (`python tools/summarize.py`, or `python -m tools.summarize`). And what the model said: a
+run's predictions/ side by side with other runs', one test sample at a time (the qualitative tables of results.md).
 
     python tools/summarize.py runs/                  # markdown tables, and runs/summary.png
     python tools/summarize.py runs/ --png out.png
+    python tools/summarize.py --compare runs/finetune__micl__order1__seed0 runs/moincl__micl__order1__seed0 \
+        --sample audio-cap/test/3                    # its answers after every step, per run (default: results.md's)
 """
 import argparse
 import glob
@@ -14,6 +17,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from data.files import UserError  # noqa: E402
+from data.predictions import pick_samples, read_predictions, sample_table  # noqa: E402
 
 SUMMARY_KEYS = ["last", "maa", "mft", "bwt", "forgetting", "brg", "brg_mean", "text_retention", "router_accuracy"]
 
@@ -100,13 +104,66 @@ def draw_summary(groups, path):
     os.replace(tmp, path)
 
 
+# ---------------------------------------------------------------------------------------------- predictions
+def find_sample(refs, sample, run_dir):
+    """The (task, id) that --sample names: a sample id, or <task>/<id> where several tasks have that id."""
+    hits = [k for k in refs if sample in (k[1], f"{k[0]}/{k[1]}")]
+    if len(hits) == 1:
+        return hits[0]
+    if hits:
+        raise UserError(f"--sample {sample}: {len(hits)} tasks of {run_dir} have it; name one as <task>/<id>: "
+                        + ", ".join(f"{t}/{i}" for t, i in hits))
+    first = {}
+    for t, i in refs:
+        first.setdefault(t, i)
+    raise UserError(f"--sample {sample}: no such test sample in {run_dir} (the first id of each task: "
+                    f"{', '.join(first.values())})")
+
+
+def compare(run_dirs, sample=None):
+    """Markdown tables: what every run said after every step on `sample` (default: results.md's seeded pick of the
+    first run) side by side. The runs must hold that sample with the same instruction and target (same data)."""
+    runs = []
+    for d in run_dirs:
+        res = {}
+        if os.path.isfile(os.path.join(d, "results.json")):
+            with open(os.path.join(d, "results.json")) as f:
+                res = json.load(f)
+        runs.append((res.get("method") or os.path.basename(os.path.normpath(d)), *read_predictions(d), res))
+    if len({name for name, *_ in runs}) < len(runs):                # e.g. two seeds of one method: their folders
+        runs = [(os.path.basename(os.path.normpath(d)), *r[1:]) for d, r in zip(run_dirs, runs)]
+    if sample is not None:
+        keys = [find_sample(runs[0][1], sample, run_dirs[0])]
+    elif "args" in runs[0][3]:
+        keys = pick_samples(runs[0][1], runs[0][3]["args"]["seed"])
+    else:
+        raise UserError(f"{run_dirs[0]}: no results.json (an unfinished run) to take the seed from; name a sample "
+                        f"with --sample")
+    for key in keys:
+        for d, (_, refs, _, _) in zip(run_dirs[1:], runs[1:]):
+            a, b = runs[0][1][key], refs.get(key)
+            if b is None or (a["instruction"], a["target"]) != (b["instruction"], b["target"]):
+                raise UserError(f"{d}: its test sample {key[1]} ({key[0]}) is not the one of {run_dirs[0]} "
+                                f"(another seed or data)")
+    return "\n".join(sample_table([r[:3] for r in runs], key) for key in keys)
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python tools/summarize.py", description="tables (and a picture) over runs")
+    p = argparse.ArgumentParser(prog="python tools/summarize.py", description="tables (and a picture) over runs; "
+                                "with --compare, what runs said on test samples")
     p.add_argument("root", nargs="?", default="runs")
     p.add_argument("--png", default=None, help="where the picture goes (default <root>/summary.png)")
+    p.add_argument("--compare", nargs="+", metavar="RUN", help="run folders: their answers after every step, side by "
+                   "side, on the test samples of results.md (or --sample)")
+    p.add_argument("--sample", default=None, help="with --compare: a test sample id (or <task>/<id>)")
     a = p.parse_args(argv)
     try:
-        print(summarize(a.root, png=a.png or os.path.join(a.root, "summary.png")))
+        if a.compare:
+            print(compare(a.compare, a.sample))
+        elif a.sample is not None:
+            raise UserError("--sample goes with --compare RUN [RUN ...]")
+        else:
+            print(summarize(a.root, png=a.png or os.path.join(a.root, "summary.png")))
     except UserError as e:
         sys.exit(str(e.code))
 
