@@ -45,14 +45,15 @@ def test_summarize_default_png_and_empty_root(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- --compare
-def fake_predictions(root, name, method, steps, targets=("a red dot", "yes"), seed=0):
-    """A run folder with results.json and predictions/: samples x/0 (task x, a caption) and y/0 (task y, QA);
-    `steps` = [(step name, (x's answer, y's answer))], zero-shot first."""
+def fake_predictions(root, name, method, steps, targets=("a red dot", "yes"), seed=0, tasks="xy"):
+    """A run folder with results.json and predictions/: samples x/0 (task x, a caption) and y/0 (task y, QA), of
+    `tasks`; `steps` = [(step name, (x's answer, y's answer))], zero-shot first."""
     d = root / name
     (d / "predictions").mkdir(parents=True)
     (d / "results.json").write_text(json.dumps({"method": method, "args": {"seed": seed}}))
     refs = [{"task": "x", "id": "0", "rule": "cider10", "instruction": "describe.", "target": targets[0]},
             {"task": "y", "id": "0", "rule": "exact", "instruction": "is it | red?", "target": targets[1]}]
+    refs = [r for r in refs if r["task"] in tasks]
     (d / "predictions" / "references.jsonl").write_text("".join(json.dumps(r) + "\n" for r in refs))
     for i, (step, preds) in enumerate(steps):
         lines = [{"task": t, "id": "0", "pred": p, "score": 100.0 * (p == r["target"])} for t, p, r in zip("xy", preds, refs)]
@@ -83,6 +84,7 @@ def test_compare_lines_up_steps_and_names_samples(tmp_path, capsys):
     ("--compare {FT} --sample 0", "--sample 0: 2 tasks of {FT} have it; name one as <task>/<id>: x/0, y/0"),
     ("--compare {FT} --sample z/0", "--sample z/0: no such test sample in {FT} (the first id of each task: 0, 0)"),
     ("--compare {FT} {OTHER} --sample x/0", "{OTHER}: its test sample 0 (x) is not the one of {FT} (another seed or data)"),
+    ("--compare {FT} {FEWER} --sample y/0", "{FEWER}: has no test sample 0 (y), which {FT} has"),
     ("--compare {FT} {EMPTY}", "{EMPTY}: no predictions/references.jsonl (not a run folder, a run that has not "
                                "finished a task, or one made before runs kept their predictions)"),
     ("{EMPTY} --sample x/0", "--sample goes with --compare RUN [RUN ...]"),
@@ -90,6 +92,7 @@ def test_compare_lines_up_steps_and_names_samples(tmp_path, capsys):
 def test_compare_errors_are_one_line(argv, line, tmp_path):
     dirs = {"FT": fake_predictions(tmp_path, "ft", "finetune", [("zero-shot", ("", "no"))]),
             "OTHER": fake_predictions(tmp_path, "other", "moincl", [("zero-shot", ("", "no"))], targets=("a cat", "no")),
+            "FEWER": fake_predictions(tmp_path, "fewer", "joint", [("zero-shot", ("",))], tasks="x"),
             "EMPTY": str(tmp_path / "empty")}
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit) as e:

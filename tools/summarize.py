@@ -142,7 +142,9 @@ def compare(run_dirs, sample=None):
     for key in keys:
         for d, (_, refs, _, _) in zip(run_dirs[1:], runs[1:]):
             a, b = runs[0][1][key], refs.get(key)
-            if b is None or (a["instruction"], a["target"]) != (b["instruction"], b["target"]):
+            if b is None:
+                raise UserError(f"{d}: has no test sample {key[1]} ({key[0]}), which {run_dirs[0]} has")
+            if (a["instruction"], a["target"]) != (b["instruction"], b["target"]):
                 raise UserError(f"{d}: its test sample {key[1]} ({key[0]}) is not the one of {run_dirs[0]} "
                                 f"(another seed or data)")
     return "\n".join(sample_table([r[:3] for r in runs], key) for key in keys)
