@@ -77,7 +77,8 @@ def build_key(steps=None):
 @functools.lru_cache(maxsize=None)
 def _key(steps):
     """build_key, kept in cache/keys/ under a hash of what the recipe is drawn from (this file, the builder,
-    data/generate.py and data/acl.py, the steps, numpy's version): drawing the corpus and vocabulary costs every process ~2 s otherwise."""
+    data/generate.py and data/acl.py, the steps, numpy's version): drawing the corpus and vocabulary costs every
+    process ~2 s otherwise."""
     import data.generate
     here = os.path.dirname(os.path.abspath(__file__))
     code = b"".join(open(f, "rb").read() for f in (__file__, os.path.join(here, "tiny.py"), data.generate.__file__,
