@@ -76,36 +76,46 @@ GGUF_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 
 GGML_TYPES = {0: ("F32", 1, 4), 1: ("F16", 1, 2), 3: ("Q4_1", 32, 20), 8: ("Q8_0", 32, 34)}  # elements, bytes / block
 
 
+class Cursor:
+    """Little-endian reads that advance through a buffer (the GGUF and CTranslate2 readers)."""
+
+    def __init__(self, buf, pos=0):
+        self.buf, self.pos = memoryview(buf), pos
+
+    def take(self, fmt):
+        v = struct.unpack_from("<" + fmt, self.buf, self.pos)
+        self.pos += struct.calcsize("<" + fmt)
+        return v[0]
+
+    def string(self, length_fmt):
+        """Bytes prefixed by their length, read as `length_fmt`."""
+        n = self.take(length_fmt)
+        self.pos += n
+        return bytes(self.buf[self.pos - n:self.pos])
+
+    def array(self, dtype, count):
+        a = np.frombuffer(self.buf, dtype, count, self.pos)
+        self.pos += a.nbytes
+        return a
+
+
 def read_gguf(buf):
     """GGUF v2/v3 -> (metadata, {name: float32 array in row-major (HF) shape}). Layout: magic, version, tensor and
     key-value counts, the key-values, tensor infos (name, dims fastest-first, type, offset), aligned data."""
     buf = memoryview(buf)
     if bytes(buf[:4]) != b"GGUF":
         raise ValueError("not a GGUF file (magic)")
-    pos = 4
-
-    def take(fmt):
-        nonlocal pos
-        v = struct.unpack_from("<" + fmt, buf, pos)
-        pos += struct.calcsize("<" + fmt)
-        return v[0]
-
-    def string():
-        nonlocal pos
-        n = take("Q")
-        pos += n
-        return bytes(buf[pos - n:pos]).decode("utf-8")
+    c = Cursor(buf, 4)
+    take = c.take
+    string = lambda: c.string("Q").decode("utf-8")      # noqa: E731  (uint64 length + bytes)
 
     def value(t):
-        nonlocal pos
         if t == 8:
             return string()
         if t == 9:
             et, n = take("I"), take("Q")
             if et in GGUF_SCALARS:
-                a = np.frombuffer(buf, "<" + GGUF_SCALARS[et], n, pos)
-                pos += a.nbytes
-                return a
+                return c.array("<" + GGUF_SCALARS[et], n)
             return [value(et) for _ in range(n)]
         return take(GGUF_SCALARS[t])
 
@@ -122,7 +132,7 @@ def read_gguf(buf):
         name, nd = string(), take("I")
         infos.append((name, [take("Q") for _ in range(nd)], take("I"), take("Q")))
     align = int(meta.get("general.alignment", 32))
-    start = -(-pos // align) * align
+    start = -(-c.pos // align) * align
     tensors = {}
     for name, dims, t, off in infos:
         if t not in GGML_TYPES:
@@ -355,19 +365,9 @@ def read_ct2(buf):
     """CTranslate2 model.bin (binary version 5-6): int32 version, spec name and revision, then each variable as
     name, rank, int32 dims, dtype id, int32 byte count, data; then aliases (name -> variable). Strings are uint16
     length (with a trailing NUL) + bytes."""
-    buf, pos = memoryview(buf), 0
-
-    def take(fmt):
-        nonlocal pos
-        v = struct.unpack_from("<" + fmt, buf, pos)
-        pos += struct.calcsize("<" + fmt)
-        return v[0]
-
-    def string():
-        nonlocal pos
-        n = take("H")
-        pos += n
-        return bytes(buf[pos - n:pos]).rstrip(b"\0").decode()
+    c = Cursor(buf)
+    take = c.take
+    string = lambda: c.string("H").rstrip(b"\0").decode()     # noqa: E731  (uint16 length + bytes, NUL-ended)
 
     version = take("i")
     if version not in (5, 6):
@@ -380,8 +380,7 @@ def read_ct2(buf):
         dtype, nbytes = take("b"), take("i")
         if dtype not in CT2_DTYPES:
             raise ValueError(f"variable {name}: CTranslate2 dtype {dtype} is not supported")
-        out[name] = np.frombuffer(buf, CT2_DTYPES[dtype], nbytes // np.dtype(CT2_DTYPES[dtype]).itemsize, pos).reshape(dims)
-        pos += nbytes
+        out[name] = c.array(CT2_DTYPES[dtype], nbytes // np.dtype(CT2_DTYPES[dtype]).itemsize).reshape(dims)
     for _ in range(take("i")):
         alias, target = string(), string()
         out[alias] = out[target]
