@@ -435,8 +435,7 @@ def load_projectors(model, args):
             record, state = json.loads(f.metadata()["record"]), {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:     # missing, not safetensors, no record
         raise UserError(f"--projectors {args.projectors}: not a projector file of tools/align.py ({first_line(e)})")
-    want = {k: v for k, v in projector_record(args).items()}
-    diff = {k: (record.get(k), v) for k, v in want.items() if _jsonable(record.get(k)) != _jsonable(v)}
+    diff = {k: (record.get(k), v) for k, v in projector_record(args).items() if _jsonable(record.get(k)) != _jsonable(v)}
     if diff:
         raise UserError(f"--projectors {args.projectors}: aligned for other models (file vs this run: {diff})")
     try:
