@@ -302,10 +302,15 @@ class MLLM(nn.Module):
             emb = emb.masked_scatter(sel.unsqueeze(-1), tokens.reshape(-1, tokens.shape[-1]))
         return emb
 
-    def forward(self, b):
-        """Next-token logits (B, L, V) in float32."""
+    def forward(self, b, keep="targets"):
+        """Next-token logits in float32 of the last K positions, (B, K, V): keep="all" K = L; keep="targets" from the
+        first position that predicts a target (left padding puts all targets after it), so the LM head skips media and
+        prompt positions no loss reads (a third of a 135M LLM's step). ce_loss / target_logits align the labels."""
+        reads = (b.labels[:, 1:] != -100).any(0).nonzero()               # positions i whose next token is a target
+        k = b.labels.shape[1] - int(reads[0]) if keep == "targets" and len(reads) else 0     # 0: all (transformers)
         with self.autocast():
-            out = self.llm(inputs_embeds=self.embed(b), attention_mask=b.attention_mask, position_ids=b.position_ids)
+            out = self.llm(inputs_embeds=self.embed(b), attention_mask=b.attention_mask, position_ids=b.position_ids,
+                           logits_to_keep=k)
         return out.logits.float()
 
     def autocast(self):
@@ -344,8 +349,9 @@ class MLLM(nn.Module):
 
 
 def ce_loss(logits, labels, reduction="mean"):
-    """Next-token cross-entropy on target tokens only (labels -100 elsewhere). reduction='none' -> per sample."""
-    lg, lb = logits[:, :-1], labels[:, 1:]
+    """Next-token cross-entropy on target tokens only (labels -100 elsewhere). reduction='none' -> per sample.
+    `logits` (B, K, V) may cover the last K <= L positions only (MLLM.forward)."""
+    lg, lb = logits[:, :-1], labels[:, labels.shape[1] - logits.shape[1]:][:, 1:]
     tok = F.cross_entropy(lg.reshape(-1, lg.shape[-1]), lb.reshape(-1), ignore_index=-100, reduction="none").view(lb.shape)
     mask = (lb != -100).float()
     if reduction == "none":
@@ -355,7 +361,7 @@ def ce_loss(logits, labels, reduction="mean"):
 
 def target_logits(logits, labels):
     """Logits that predict the target tokens: (N_target_tokens, V). Used by distillation losses."""
-    lg, lb = logits[:, :-1], labels[:, 1:]
+    lg, lb = logits[:, :-1], labels[:, labels.shape[1] - logits.shape[1]:][:, 1:]
     return lg[lb != -100]
 
 

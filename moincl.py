@@ -116,9 +116,9 @@ def ikd_loss(model, teacher, texts, T):
     """L_IKD: KL on every non-padding position of text-only instruction + answer sequences."""
     tb = model.collate(texts).to(model.device)
     keep = tb.attention_mask[:, :-1].bool()          # position i predicts token i+1; the last one predicts nothing
-    z_student = model(tb)[:, :-1][keep]                                     # (N_positions, V)
+    z_student = model(tb, keep="all")[:, :-1][keep]                                     # (N_positions, V)
     with torch.no_grad():
-        z_teacher = teacher(tb)[:, :-1][keep]
+        z_teacher = teacher(tb, keep="all")[:, :-1][keep]
     return kd_loss(z_student, z_teacher, T)
 
 

@@ -103,7 +103,7 @@ def test_logits_equal_transformers_llava(llava, media, tmp_path, strategy):
         n_tgt = len(proc.tokenizer(" " + s.target, add_special_tokens=False)["input_ids"]) + 1     # + </s>
         assert (b.labels[0] != -100).sum() == n_tgt and b.labels[0, -1] == proc.tokenizer.eos_token_id
         with torch.no_grad():
-            ours = model(b)[0]
+            ours = model(b, keep="all")[0]
             ref = hf(**x).logits[0]
         text = x["input_ids"][0] != image_id
         assert ours.shape == ref.shape and torch.allclose(ours[text], ref[text], atol=1e-5), \

@@ -167,3 +167,33 @@ def test_script_runs_on_hf_models(hf_dir, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads((out / "results.json").read_text())
     assert res["args"]["llm"] == str(hf_dir / "llm") and len(res["R"]) == 6
+
+
+def test_logits_only_where_read_give_the_same_losses_and_gradients(hf_dir):
+    """MLLM.forward keeps the LM head off the media / prompt positions: CE, the distillation logits (LwF, MoInCL's
+    L_KD) and the gradients equal those of the full (B, L, V) logits; the suffix starts at the first position that
+    predicts a target."""
+    import baselines
+    m = _model(hf_dir)
+    C.add_lora(m, __import__("types").SimpleNamespace(lora_r=4, lora_alpha=8))
+    torch.nn.init.normal_(next(p for n, p in m.named_parameters() if "lora_B" in n))
+    torch.manual_seed(0)
+    s = [L.Sample("1", "audio", "describe the audio.", "one low pure steady tone", feat=torch.randn(16, 32)),
+         L.Sample("2", "image", "what colour is the shape?", "red", feat=torch.randn(16, 32)),
+         L.Sample("3", "text", "repeat : cat", "cat")]
+    b = m.collate(s)
+    full, cut = m(b, keep="all"), m(b)
+    L_, first = b.labels.shape[1], int((b.labels[:, 1:] != -100).any(0).nonzero()[0])
+    assert full.shape[1] == L_ and cut.shape[1] == L_ - first < L_ - 16       # media and prompt positions dropped
+    assert torch.allclose(cut, full[:, first:], atol=1e-5)
+    assert torch.allclose(C.ce_loss(cut, b.labels), C.ce_loss(full, b.labels), atol=1e-6)
+    assert torch.allclose(C.ce_loss(cut, b.labels, "none"), C.ce_loss(full, b.labels, "none"), atol=1e-6)
+    assert torch.allclose(C.target_logits(cut, b.labels), C.target_logits(full, b.labels), atol=1e-5)
+    kd = lambda z: baselines.kd_loss(C.target_logits(z, b.labels), C.target_logits(full, b.labels).detach() * 0.5, 2.0)
+    grads = []
+    for z in (full, m(b)):
+        params = [p for p in m.parameters() if p.requires_grad]
+        grads.append(torch.autograd.grad(C.ce_loss(z, b.labels) + kd(z), params, allow_unused=True, retain_graph=True))
+    for g_full, g_cut in zip(*grads):
+        assert (g_full is None) == (g_cut is None)
+        assert g_full is None or torch.allclose(g_full, g_cut, atol=1e-6)

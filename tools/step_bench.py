@@ -6,7 +6,7 @@ backward -> AdamW step), after warm-up, median over --steps. FLOPs of one step (
 torch.utils.flop_counter.FlopCounterMode; op shares from torch.profiler (self CPU time); a BLAS reference times the
 model's own matmul shapes alone; evaluation times model.generate on --eval-samples test samples.
 
-    python tools/step_bench.py --scenario micl --order 1 --seed 0 [--threads N] [--steps 30]
+    python tools/step_bench.py --scenario micl --order 1 --seed 0 [--threads N] [--steps 30] [--logits all]
 
 Nothing is written: --output-dir defaults to /tmp/step_bench (only checked, never created).
 """
@@ -28,6 +28,8 @@ g.add_argument("--image-task", default="image-cap")
 g.add_argument("--audio-task", default="audio-cap")
 g.add_argument("--eval-samples", type=int, default=64)
 g.add_argument("--top", type=int, default=15, help="profiler rows shown")
+g.add_argument("--logits", choices=["targets", "all"], default="targets", help="MLLM.forward keep=: logits at the "
+               "positions a loss reads (the scripts' step) or at every position (the step before that change)")
 argv = sys.argv[1:]
 if "--output-dir" not in argv:
     argv += ["--output-dir", "/tmp/step_bench"]
@@ -52,7 +54,7 @@ def step(samples, mark=lambda name: torch.autograd.profiler.record_function(name
         b = model.collate(samples).to(args.device)
     t.append(time.perf_counter())
     with mark("forward"):
-        logits = model(b)
+        logits = model(b, keep=args.logits)
         loss = common.ce_loss(logits, b.labels) + 0.0
         common.check_finite(loss)
     t.append(time.perf_counter())
