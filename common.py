@@ -22,6 +22,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,14 +31,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-import warnings
-
 # common.py stands on data/ (inputs, files, errors, scoring) and never the other way round: nothing under data/ that
 # it imports imports it, and the tiny base's builder (data/tiny.py, a training program) and tools/ sit above it
 from data.files import CACHE, ROOT, UserError, atomic_save, atomic_write, first_line   # noqa: F401  (re-exported)
 from data.load import Encoders, check_model_dir, encode_samples, load_llava, load_llm, load_tasks
 from data.score import SCALE, rule_of, score_predictions, score_samples, task_rule   # noqa: F401  (re-exported)
-from data.base import aligned_projectors, tiny_base
+from data.base import aligned_projectors, tiny_base, variant_of
 from data.predictions import qualitative
 
 try:
@@ -56,10 +55,11 @@ ORDERS = {  # scenario -> order -> task sequence (SPEC 3)
     "mcl": {1: ["image", "video", "audio"], 2: ["image", "audio", "video"]},
     # MLLM-CL's domain continual learning: RS -> Med -> AD -> Sci -> Fin, one image-QA task per domain
     "dcl": {1: ["dcl-rs", "dcl-med", "dcl-ad", "dcl-sci", "dcl-fin"]},
-    # MLLM-CL's ability continual learning: OCR -> math & logic -> visual perception -> GUI agent (data only so far:
-    # the shipped tiny base has not seen acl's words, glyphs or screens; docs/gaps.md)
+    # MLLM-CL's ability continual learning: OCR -> math & logic -> visual perception -> GUI agent (its own tiny base)
     "acl": {1: ["acl-ocr", "acl-math", "acl-vp", "acl-gui"]},
 }
+# where each scenario's paper starts (docs/defaults.md): (--projectors, --projector-lr); others: scratch, --lr
+START = {"acl": ("aligned", 1e-4), "mcl": ("aligned", None)}
 
 
 def shared_parser(method, doc):
@@ -88,9 +88,9 @@ def shared_parser(method, doc):
     g.add_argument("--max-steps", type=int, default=None, help="cap on optimiser steps per task (smoke tests)")
     g.add_argument("--batch-size", type=int, default=16)
     g.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate for LoRA and projectors")
-    g.add_argument("--projectors", default="scratch", help="where the projectors start: scratch (random), aligned "
-                   "(the embedded default's stage-1 projectors, data/tiny_base/aligned.safetensors), or a file made by "
-                   "python tools/align.py for these encoders and LLM")
+    g.add_argument("--projectors", default=None, help="where the projectors start: scratch (random), aligned (the "
+                   "embedded default's stage-1 projectors, data/tiny_base*/aligned.safetensors), or a file made by "
+                   "python tools/align.py for these encoders and LLM; default: the scenario's paper's (START)")
     g.add_argument("--projector-lr", type=float, default=None, help="lr of the projectors (default --lr); MLLM-CL "
                    "trains them 10x slower than the LoRA")
     g.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant",
@@ -99,6 +99,7 @@ def shared_parser(method, doc):
     g.add_argument("--lora-alpha", type=int, default=32)
     g.add_argument("--train-limit", type=int, default=None, help="use at most N training samples per task")
     g.add_argument("--test-limit", type=int, default=None, help="evaluate on at most N samples per task")
+    g.add_argument("--test-split", default="test", help="manifest evaluated: <task>/<split>.jsonl (acl: test_iid)")
     g.add_argument("--eval-batch-size", type=int, default=64)
     g.add_argument("--val", action="store_true", help="choose hyper-parameters without the test split: hold out the "
                    "last training samples of every task (as many as its test split has) and evaluate on them "
@@ -135,10 +136,14 @@ def parse_args(parser, argv=None, run_name=None):
             raise UserError(f"--order {args.order} is out of range for --scenario {args.scenario}; "
                             f"expected one of {sorted(ORDERS[args.scenario])}")
         args.task_names = ORDERS[args.scenario][args.order]
+    if args.projectors is None:         # the paper's start on the embedded default (real models: scratch)
+        tiny = (args.llm, args.image_encoder, args.audio_encoder) == ("tiny",) * 3
+        args.projectors, lr = START.get(args.scenario if tiny else None, ("scratch", None))
+        args.projector_lr = lr if args.projector_lr is None else args.projector_lr
     for flag in ("epochs", "batch_size", "eval_batch_size", "lora_r"):
         if getattr(args, flag) < 1:
             raise UserError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
-    args.run_name = (run_name or args.method) + ("-val" if args.val else "")
+    args.run_name = (run_name or args.method) + ("-val" if args.val else "") + f"-{args.test_split}" * (args.test_split != "test")
     if args.output_dir is None:
         seq = f"{args.scenario}__order{args.order}" if args.scenario != "custom" else f"custom__{args.order}"
         args.output_dir = os.path.join("runs", f"{args.run_name}__{seq}__seed{args.seed}")
@@ -159,7 +164,6 @@ def task_seed(args, t, salt=0):
 
 
 # ================================================================================================== LoRA
-
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -397,7 +401,7 @@ def build_model(args):
     check_flags(args)
     seed_everything(args.seed)            # projector (and later LoRA) initialisation depends on --seed only
     tasks, text = load_tasks(args)
-    tiny = tiny_base() if "tiny" in (args.llm, args.image_encoder, args.audio_encoder) else {}
+    tiny = tiny_base(variant=variant_of(args.task_names)) if "tiny" in (args.llm, args.image_encoder, args.audio_encoder) else {}
     pick = lambda v, k: tiny[k] if v == "tiny" else v
     llava = load_llava(args.mllm, args.device) if getattr(args, "mllm", None) else None   # --mllm: its parts
     enc = Encoders(pick(args.image_encoder, "image"), pick(args.audio_encoder, "audio"), args.device, llava)
@@ -435,7 +439,7 @@ def load_projectors(model, args):
     """--projectors aligned | PATH: stage-1 projectors (tools/align.py), refused in one line when they were aligned
     for other encoders or another LLM."""
     from safetensors import safe_open
-    path = aligned_projectors() if args.projectors == "aligned" else args.projectors
+    path = aligned_projectors(variant=variant_of(args.task_names)) if args.projectors == "aligned" else args.projectors
     try:
         with safe_open(path, "pt") as f:
             record, state = json.loads(f.metadata()["record"]), {k: f.get_tensor(k) for k in f.keys()}
@@ -576,10 +580,9 @@ def reference_line(task, s):
 def _lock_holder(run_dir):
     try:
         with open(os.path.join(run_dir, LOCK)) as f:
-            who = " ".join(f.read().split())[:200]
+            return " ".join(f.read().split())[:200] or "another process"
     except OSError:
-        who = ""
-    return who or "another process"
+        return "another process"
 
 
 def _in_use(run_dir):
@@ -587,16 +590,14 @@ def _in_use(run_dir):
                      f"or pick another --output-dir")
 
 
-def check_output_dir(run_dir):
-    """--output-dir must be a folder (or not exist yet) that no live run holds: else one line."""
+def check_output_dir(run_dir):       # a folder (or none yet) that no live run holds: else one line
     if os.path.exists(run_dir) and not os.path.isdir(run_dir):
         raise UserError(f"--output-dir {run_dir}: is a file, not a folder")
     probe_lock(run_dir)
 
 
 def probe_lock(run_dir):
-    """Refuse (one line) when a live process holds `run_dir`'s lock; takes nothing. A lock file left by a dead
-    process is not held, so it passes."""
+    """Refuse (one line) when a live process holds `run_dir`'s lock; takes nothing (a dead process's lock passes)."""
     path = os.path.join(run_dir, LOCK)
     if fcntl is None or not os.path.isfile(path):
         return
@@ -604,17 +605,16 @@ def probe_lock(run_dir):
         fd = os.open(path, os.O_RDONLY)
     except OSError:
         return
-    try:
+    try:                              # a probe: the lock is released at once (flock locks belong to the open file)
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         raise _in_use(run_dir)
     finally:
-        os.close(fd)                  # releases the probe's lock (flock locks belong to the open file)
+        os.close(fd)
 
 
 def nonfinite_weights(model, extra=None):
-    """Name of the first tensor that a checkpoint would save (LoRA, projectors, the method's `extra` state) holding
-    NaN or inf, else None."""
+    """First tensor a checkpoint would save (LoRA, projectors, method state `extra`) holding NaN / inf, else None."""
     for k, v in model.state_dict().items():
         if ("lora_" in k or k.startswith("projectors.")) and v.is_floating_point() and not bool(torch.isfinite(v).all()):
             return k

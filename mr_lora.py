@@ -34,6 +34,9 @@ Deviations from the paper / official code (and why):
     falls back deterministically to the most recent expert and is counted (`router_fallbacks`), so runs repeat.
   - Every expert and the router own a projector set (LLaVA LoRA training also trains its mm_projector, saved
     with each expert); all start from the same base projector initialisation.
+  - Where it starts: MLLM-CL continues LLaVA-1.5, whose projector is aligned, and trains it at a tenth of the LoRA
+    lr; acl does the same (the acl base's aligned projectors, --projector-lr 1e-4). dcl starts from scratch
+    projectors: on validation the shipped aligned ones lost 1.8-13 points of Last (docs/defaults.md).
   - Text-only instructions (LLM ability retention) are routed like any request: there is no "no expert" option.
     With --oracle, samples without a seen ground-truth expert (unseen tasks, text) go to the most recent expert.
 
@@ -41,6 +44,7 @@ Usage:
     python mr_lora.py --scenario micl --order 1
     python mr_lora.py --scenario dcl                      # domain CL: the router must look at the image
     python mr_lora.py --scenario dcl --oracle             # ground-truth expert (run name mr-lora-oracle)
+    python mr_lora.py --scenario acl                      # ability CL, shifted test; --test-split test_iid: IID
     python mr_lora.py --scenario dcl --mllm llava-hf/llava-1.5-7b-hf   # on MLLM-CL's own base model (a GPU)
 """
 import copy

@@ -18,6 +18,7 @@ from data.load import synthetic_root
 from data.generate import TASKS, build
 from data.tiny import build_tiny
 build_tiny()                                                           # the shipped base, or built into cache/
+build_tiny(variant="acl")                                              # acl's own base (data/base.py)
 for s in map(int, sys.argv[1:]):
     build(synthetic_root(s), sorted(TASKS), s)                         # where data_root() looks
 EOF
@@ -50,6 +51,13 @@ for s in $SEEDS; do
   run mera-merge-only mcl 1 $s mera.py --no-realign                  # MERA ablations (mcl order 1)
   run mera-realign-only mcl 1 $s mera.py --no-merge
   run mera micl 1 $s mera.py                                         # MERA also runs on micl (tasks as steps)
+  for m in finetune joint replay lwf ewc olora moelora; do run $m acl 1 $s baselines.py --method $m; done   # acl:
+  run mr-lora acl 1 $s mr_lora.py                                    # shifted test split (the acl base, aligned)
+  run mr-lora-oracle acl 1 $s mr_lora.py --oracle
+  for m in finetune mr-lora mr-lora-oracle; do                       # acl's IID held-out split (test_iid)
+    case $m in finetune) f="baselines.py --method finetune";; mr-lora) f=mr_lora.py;; *) f="mr_lora.py --oracle";; esac
+    run $m-test_iid acl 1 $s $f --test-split test_iid
+  done
 done
 wait
 python tools/summarize.py runs/

@@ -285,7 +285,7 @@ def _ocr(gen, rng, render):
             draw_text(img, x, y, text, font, size, ink)
             d.line([(x, y + h + 2), (x + w - 1, y + h + 2)], fill=ink)
     style = {"font": font, "size": f"text-{size}", "layout": layout, "background": bg, "phrasing": q}
-    return img, "read", q, text, style
+    return img, "read", q, text, style, {"text": text}
 
 
 def _math(gen, rng, render):
@@ -320,7 +320,7 @@ def _math(gen, rng, render):
             for x0, h, c in zip(x0s, heights, names):
                 d.rectangle([x0, base - h, x0 + width - 1, base - 1], fill=COLOURS[c])
         style = {"size": f"bar-{width}", "layout": layout, "background": bg, "phrasing": q}
-        return img, qtype, q, names[top], style
+        return img, qtype, q, names[top], style, {"bars": names, "top": names[top]}
     if qtype == "arith":
         a, b = int(rng.integers(0, 10)), int(rng.integers(0, 10))
         op = "+" if rng.random() < 0.5 else "-"
@@ -357,7 +357,7 @@ def _math(gen, rng, render):
             yl = y + len(lines) * (h + 4)
             ImageDraw.Draw(img).line([(x - 2, yl), (x + w + 1, yl)], fill=ink)
     style = {"font": font, "size": f"text-{size}", "layout": layout, "background": bg, "phrasing": q}
-    return img, qtype, q, answer, style
+    return img, qtype, q, answer, style, {"a": str(a), "op": op, "b": str(b)}
 
 
 def _spots(rng, k, r, gen):
@@ -388,6 +388,7 @@ def _vp(gen, rng, render):
                [(kinds[1], _choice(rng, list(COLOURS))) for _ in range(m)]
         spots = _spots(rng, n + m, r, gen)
         instruction, answer = q.format(kind=kinds[0]), str(n)
+        info = {"count": n, "kind": kinds[0], "others": m, "other": kinds[1]}
     else:
         layout = "pair-near" if gen == "train" else "pair-far"
         rel = _choice(rng, RELATIONS)
@@ -401,6 +402,7 @@ def _vp(gen, rng, render):
         by = int(rng.integers(max(lo, lo - dy), min(hi, hi - dy) + 1))
         spots = [(bx + dx, by + dy), (bx, by)]
         instruction, answer = q.format(a=f"{ca} {kinds[0]}", b=f"{cb} {kinds[1]}"), rel
+        info = {"a": f"{ca} {kinds[0]}", "b": f"{cb} {kinds[1]}", "relation": rel}
     img = None
     if render:
         img = background(bg, rng)
@@ -408,7 +410,7 @@ def _vp(gen, rng, render):
         for (kind, colour), (x, y) in zip(objs, spots):
             draw_shape(d, kind, x, y, r, COLOURS[colour])
     style = {"size": f"obj-{r}", "layout": layout, "background": bg, "phrasing": q}
-    return img, qtype, instruction, answer, style
+    return img, qtype, instruction, answer, style, info
 
 
 def _buttons(layout):
@@ -475,7 +477,8 @@ def _gui(gen, rng, render):
         _pointer(d, int(rng.integers(x0 + 2 * (x1 - x0) // 3, x1 - 2)), int(rng.integers(y0 + 2, y1 - 3)), gen)
     style = {"font": font, "size": f"text-{size}", "layout": layout, "background": bg, "phrasing": q,
              "options": fmt}
-    return img, qtype, instruction, answer, style
+    return img, qtype, instruction, answer, style, {"words": words, "selected": words[selected],
+                                                    "pointed": words[pointed]}
 
 
 ABILITIES = {"acl-ocr": _ocr, "acl-math": _math, "acl-vp": _vp, "acl-gui": _gui}
@@ -484,8 +487,51 @@ ABILITIES = {"acl-ocr": _ocr, "acl-math": _math, "acl-vp": _vp, "acl-gui": _gui}
 def make_example(task, gen, rng, render=True):
     """One draw of `task`'s generator `gen` ("train" or "test"): (image or None, instruction, answer, metric,
     style). render=False draws the question and answer only (for a text corpus)."""
-    img, qtype, instruction, answer, style = ABILITIES[task](gen, rng, render)
+    img, qtype, instruction, answer, style, _ = ABILITIES[task](gen, rng, render)
     return img, instruction, answer, RULES[(task, qtype)], style
+
+
+# ------------------------------------------------------------------------------------------------ for the acl base
+# What the acl base's encoder and aligned projectors learn from (never a benchmark item: their own seeds): each
+# picture captioned with what it shows, and labelled per attribute for the ViT's pretraining heads.
+OPS = ["+", "-", ">", "<"]
+OP_WORDS = {"+": "plus", "-": "minus", ">": "greater than", "<": "less than"}
+LABELS = ["ability", "text", "a", "op", "b", "top", "count", "relation", "selected", "pointed"]   # -1: n/a
+
+
+def caption(task, qtype, info):
+    """A plain description of an ability's picture (LLaVA stage-1 style: what is shown, not the question)."""
+    if task == "acl-ocr":
+        return f"the text {info['text']}"
+    if qtype == "bars":
+        return f"bars {' '.join(info['bars'])} , tallest {info['top']}"
+    if task == "acl-math":
+        return f"{info['a']} {OP_WORDS[info['op']]} {info['b']}"
+    if qtype == "count":
+        return f"{info['count']} {info['kind']}s and {info['others']} {info['other']}s"
+    if qtype == "spatial":
+        return f"{info['a']} {info['relation']} {info['b']}"
+    return f"buttons {' '.join(info['words'])} , {info['selected']} selected , pointer on {info['pointed']}"
+
+
+def describe(task, gen, rng):
+    """(image, caption, labels): one picture of `task`'s generator `gen` for the acl base (labels: LABELS order)."""
+    img, qtype, _, _, _, info = ABILITIES[task](gen, rng, True)
+    lab = dict.fromkeys(LABELS, -1)
+    lab["ability"] = ORDER.index(task)
+    if task == "acl-ocr":
+        lab["text"] = ANSWERS["acl-ocr"].index(info["text"])
+    elif qtype == "bars":
+        lab["top"] = list(COLOURS).index(info["top"])
+    elif task == "acl-math":
+        lab.update(a=int(info["a"]), op=OPS.index(info["op"]), b=int(info["b"]))
+    elif qtype == "count":
+        lab["count"] = info["count"] - 1
+    elif qtype == "spatial":
+        lab["relation"] = RELATIONS.index(info["relation"])
+    else:
+        lab.update(selected=GUI_WORDS.index(info["selected"]), pointed=GUI_WORDS.index(info["pointed"]))
+    return img, caption(task, qtype, info), [lab[k] for k in LABELS]
 
 
 # ------------------------------------------------------------------------------------------------ for the tiny base
@@ -494,8 +540,8 @@ def split_words(s):
 
 
 def acl_vocabulary():
-    """Every word an acl instruction or answer can hold (both generators) and its task names: what the tiny base's
-    vocabulary() must add when the base is rebuilt for acl (it is not added yet: it would change the base's key)."""
+    """Every word an acl instruction, answer or caption can hold (both generators) and its task names: what the acl
+    base's vocabulary adds to vocabulary() (data/base.py)."""
     words = set()
     for t in ORDER:
         words |= set(split_words(t)) | {w for a in ANSWERS[t] for w in split_words(a)}
@@ -506,11 +552,13 @@ def acl_vocabulary():
     words |= set(KINDS) | {k + "s" for k in KINDS} | set(COLOURS) | set(GUI_WORDS) | set(LETTERS)
     for fmt in OPTION_FORMATS.values():
         words |= set(split_words(fmt.format(letter="A", word="save")))
+    words |= {"the", "text", "bars", ",", "tallest", "and", "buttons", "selected", "pointer", "on"}   # captions
+    words |= {w for o in OP_WORDS.values() for w in o.split()}
     return sorted(words)
 
 
 def acl_text_pairs(seed=12345, n_per_task=400):
-    """(task, instruction, answer) drawn by the TRAIN generators without images, for the rebuilt base's text corpus
+    """(task, instruction, answer) drawn by the TRAIN generators without images, for the acl base's text corpus
     (as text_corpus() draws the other tasks: the words and answer formats, never what an image shows)."""
     out = []
     for k, t in enumerate(ORDER):
@@ -518,4 +566,17 @@ def acl_text_pairs(seed=12345, n_per_task=400):
         for _ in range(n_per_task):
             _, q, a, _, _ = make_example(t, "train", rng, render=False)
             out.append((t, q, a))
+    return out
+
+
+def acl_captions(seed=12346, n_per_task=200):
+    """Captions (caption()) drawn by the TRAIN generators without images, for the acl base's text corpus: the LLM
+    knows how a description of these pictures reads (as text_corpus() holds the other worlds' captions), so stage-1
+    alignment has only to make the projector say which one."""
+    out = []
+    for k, t in enumerate(ORDER):
+        rng = np.random.default_rng([seed, 7101 + k])
+        for _ in range(n_per_task):
+            _, qtype, _, _, _, info = ABILITIES[t]("train", rng, False)
+            out.append(caption(t, qtype, info))
     return out

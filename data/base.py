@@ -44,6 +44,26 @@ AST_CONFIG = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, i
 AST_FEATURES = dict(num_mel_bins=32, max_length=64, sampling_rate=16000)
 ENCODER_LR = 2e-3
 
+# The acl base (MLLM-CL's ability CL, data/acl.py), a variant kept apart so the other scenarios' base and results stay
+# as they are: the same recipe with acl's words in the vocabulary and its questions in the text corpus, and a 64 px
+# ViT (patch 8: the same 8 x 8 grid, 64 image tokens) pretrained on acl pictures of BOTH generators' styles (a real
+# ViT has read text in many fonts; projectors and LoRA still train on the train generator only). Audio: the default's.
+VARIANTS = ("default", "acl")
+SHIPPED_ACL = os.path.join(os.path.dirname(SHIPPED), "tiny_base_acl")
+ACL_VIT_CONFIG = dict(VIT_CONFIG, image_size=64, patch_size=8)
+ACL_VIT_PROCESSOR = dict(size={"height": 64, "width": 64})
+ACL_CORPUS_SEED = 987655
+
+
+def variant_of(task_names):
+    """The base a task sequence runs on: acl's for acl tasks, else the default."""
+    return "acl" if any(t.startswith("acl-") for t in task_names) else "default"
+
+
+def variant_parts(variant):
+    """The parts a variant builds itself (the acl base borrows the default's audio encoder)."""
+    return PARTS if variant == "default" else ("llm", "image")
+
 
 def part_steps(steps=None):
     """Pretraining steps of each part: 1.5x for the LLM (at 600 it had not learned to copy, "repeat : dog" ->
@@ -58,24 +78,53 @@ def encoder_corpus_size(steps=None):
     return min(2400, 8 * (PRETRAIN_STEPS if steps is None else steps))
 
 
-def recipe(steps=None):
+def recipe(steps=None, variant="default"):
     """Everything the key covers (see the module docstring)."""
-    from data.generate import text_corpus, vocabulary
     steps = PRETRAIN_STEPS if steps is None else steps
-    return {"revision": BUILD_REVISION, "steps": part_steps(steps), "batch": PRETRAIN_BATCH,
-            "text_corpus": text_corpus(), "vocabulary": vocabulary(),
-            "encoder_corpus": {"seed": ENCODER_CORPUS_SEED, "size": encoder_corpus_size(steps)},
-            "llm": LLM_CONFIG, "llm_optim": LLM_OPTIM, "vit": VIT_CONFIG, "vit_processor": VIT_PROCESSOR,
-            "ast": AST_CONFIG, "ast_features": AST_FEATURES, "encoder_lr": ENCODER_LR}
+    r = {"revision": BUILD_REVISION, "steps": part_steps(steps), "batch": PRETRAIN_BATCH,
+         "text_corpus": text_corpus(variant), "vocabulary": vocabulary(variant),
+         "encoder_corpus": {"seed": ENCODER_CORPUS_SEED, "size": encoder_corpus_size(steps)},
+         "llm": LLM_CONFIG, "llm_optim": LLM_OPTIM, "vit": VIT_CONFIG, "vit_processor": VIT_PROCESSOR,
+         "ast": AST_CONFIG, "ast_features": AST_FEATURES, "encoder_lr": ENCODER_LR}
+    if variant == "acl":
+        r.update(encoder_corpus={"seed": ACL_CORPUS_SEED, "size": encoder_corpus_size(steps), "acl": True},
+                 vit=ACL_VIT_CONFIG, vit_processor=ACL_VIT_PROCESSOR, audio=build_key(steps),
+                 align=dict(ACL_ALIGN, per_world=min(240, steps), max_steps=steps))
+        del r["ast"], r["ast_features"]
+    return r
 
 
-def build_key(steps=None):
+def vocabulary(variant="default"):
+    from data.generate import vocabulary
+    if variant == "acl":
+        from data.acl import acl_vocabulary
+        return sorted(set(vocabulary()) | set(acl_vocabulary()))
+    return vocabulary()
+
+
+def text_corpus(variant="default"):
+    """(modality, instruction, answer) pairs the base's LLM reads; acl's adds its train generators' questions and
+    captions (without images)."""
+    from data.generate import caption_instruction, text_corpus
+    if variant == "acl":
+        from data.acl import acl_captions, acl_text_pairs
+        return (text_corpus() + [("image", q, a) for _, q, a in acl_text_pairs()] +
+                [("image", caption_instruction("image"), c) for c in acl_captions()])
+    return text_corpus()
+
+
+def vit(variant="default"):
+    """(ViT config, image processor settings) of a variant."""
+    return (ACL_VIT_CONFIG, ACL_VIT_PROCESSOR) if variant == "acl" else (VIT_CONFIG, VIT_PROCESSOR)
+
+
+def build_key(steps=None, variant="default"):
     """10 hex digits naming the base that `steps` (default: PRETRAIN_STEPS) and the current code would build."""
-    return _key(PRETRAIN_STEPS if steps is None else steps)
+    return _key(PRETRAIN_STEPS if steps is None else steps, variant)
 
 
 @functools.lru_cache(maxsize=None)
-def _key(steps):
+def _key(steps, variant="default"):
     """build_key, kept in cache/keys/ under a hash of what the recipe is drawn from (this file, the builder,
     data/generate.py and data/acl.py, the steps, numpy's version): drawing the corpus and vocabulary costs every
     process ~2 s otherwise."""
@@ -83,12 +132,13 @@ def _key(steps):
     here = os.path.dirname(os.path.abspath(__file__))
     code = b"".join(open(f, "rb").read() for f in (__file__, os.path.join(here, "tiny.py"), data.generate.__file__,
                                                    os.path.join(here, "acl.py")))
-    path = os.path.join(CACHE, "keys", hashlib.sha1(code + f"{steps} {np.__version__}".encode()).hexdigest()[:16])
+    tag = f"{steps} {np.__version__}" + ("" if variant == "default" else f" {variant}")
+    path = os.path.join(CACHE, "keys", hashlib.sha1(code + tag.encode()).hexdigest()[:16])
     try:
         with open(path) as f:
             return f.read().strip()
     except OSError:
-        key = recipe_key(steps)
+        key = recipe_key(steps, variant)
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         atomic_write(path, key)
@@ -97,45 +147,59 @@ def _key(steps):
     return key
 
 
-def recipe_key(steps):
+def recipe_key(steps, variant="default"):
     """The key itself: a hash of everything the recipe holds."""
-    return hashlib.sha1(json.dumps(recipe(steps), sort_keys=True).encode()).hexdigest()[:10]
+    return hashlib.sha1(json.dumps(recipe(steps, variant), sort_keys=True).encode()).hexdigest()[:10]
 
 
-def shipped_key(root=SHIPPED):
+def shipped_key(root=SHIPPED, variant="default"):
     """The KEY of a built base folder (None when it has none, or misses a part)."""
     try:
         with open(os.path.join(root, "KEY")) as f:
             key = f.read().strip()
     except OSError:
         return None
-    return key if all(os.path.exists(os.path.join(root, p, "config.json")) for p in PARTS) else None
+    return key if all(os.path.exists(os.path.join(root, p, "config.json")) for p in variant_parts(variant)) else None
 
 
-def locate(cache=CACHE):
-    """The folder of the base the current settings ask for: the shipped data/tiny_base when its KEY is the current
-    key, else cache/tiny-<key> (which may not be built yet)."""
-    key = build_key()
-    return SHIPPED if shipped_key() == key else os.path.join(cache, f"tiny-{key}")
+def shipped_root(variant="default"):
+    return SHIPPED if variant == "default" else SHIPPED_ACL
 
 
-def parts(root):
+def name(variant="default"):
+    """tiny-<key> (tiny-acl-<key>): what run fingerprints and projector records call the base."""
+    return f"tiny-{'' if variant == 'default' else variant + '-'}{build_key(variant=variant)}"
+
+
+def locate(cache=CACHE, variant="default"):
+    """The folder of the base the current settings ask for: the shipped data/tiny_base (tiny_base_acl) when its KEY
+    is the current key, else cache/<name> (which may not be built yet)."""
+    shipped = shipped_root(variant)
+    return shipped if shipped_key(shipped, variant) == build_key(variant=variant) else os.path.join(cache, name(variant))
+
+
+def parts(root, variant="default", cache=CACHE):
     """Paths of a base folder's parts ({"llm", "image", "audio"}) plus its name ("name": tiny-<key>, which the run
-    fingerprint records)."""
-    return dict({k: os.path.join(root, k) for k in PARTS}, name=f"tiny-{build_key()}")
+    fingerprint records); the acl base's audio part is the default's."""
+    own = {k: os.path.join(root, k) for k in variant_parts(variant)}
+    if variant != "default":
+        own["audio"] = os.path.join(locate(cache), "audio")
+    return dict(own, name=name(variant))
 
 
-def tiny_base(cache=CACHE):
+def tiny_base(cache=CACHE, variant="default"):
     """The base's parts (see parts); a base that is neither shipped nor in cache/ yet is built there first, by
     `python -m data.tiny --build` (a process of its own: see the module docstring)."""
-    root = locate(cache)
-    if root != SHIPPED and not os.path.exists(os.path.join(root, "DONE")):
-        cmd = [sys.executable, "-m", "data.tiny", "--build"]
+    if variant != "default":
+        tiny_base(cache)                                  # its audio encoder
+    root = locate(cache, variant)
+    if root != shipped_root(variant) and not os.path.exists(os.path.join(root, "DONE")):
+        cmd = [sys.executable, "-m", "data.tiny", "--build"] + ["--variant", variant] * (variant != "default")
         r = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, MLLM_CL_CACHE=cache))
         if r.returncode != 0 or not os.path.exists(os.path.join(root, "DONE")):
             raise UserError(f"the tiny base {os.path.basename(root)} could not be built into {cache} (`python -m "
                             f"data.tiny --build` exited with status {r.returncode}; its output is above)")
-    return parts(root)
+    return parts(root, variant, cache)
 
 
 # Stage 1 (tools/align.py): the embedded default's aligned projectors, shipped as data/tiny_base/aligned.safetensors
@@ -143,6 +207,8 @@ def tiny_base(cache=CACHE):
 # no benchmark uses.
 ALIGN = dict(seed=777001, per_world=min(240, PRETRAIN_STEPS), max_steps=PRETRAIN_STEPS, batch_size=32, lr=1e-3)
 SHIPPED_ALIGNED = os.path.join(SHIPPED, "aligned.safetensors")
+# the acl base's: captions of acl pictures of both generators (data/acl.py caption()), 240 per ability and generator
+ACL_ALIGN = dict(ALIGN, seed=777002)
 
 
 def align_key(steps=None):
@@ -163,9 +229,11 @@ def _record_key(path):
         return None
 
 
-def aligned_projectors(cache=CACHE):
+def aligned_projectors(cache=CACHE, variant="default"):
     """Path of the embedded default's aligned projectors for the current base and recipe: the shipped file when its
     key is current, else cache/aligned-<key>.safetensors, made by tools/align.py (as a process, like the base)."""
+    if variant == "acl":
+        return _acl_aligned(cache)
     key = align_key()
     if _record_key(SHIPPED_ALIGNED) == key:
         return SHIPPED_ALIGNED
@@ -177,4 +245,35 @@ def aligned_projectors(cache=CACHE):
         if r.returncode != 0 or _record_key(path) != key:
             raise UserError(f"the aligned projectors {os.path.basename(path)} could not be made (`python "
                             f"tools/align.py --tiny-base` exited with status {r.returncode}; its output is above)")
+    return path
+
+
+def _record(path):
+    from safetensors import safe_open
+    try:
+        with safe_open(path, "pt") as f:
+            return json.loads(f.metadata()["record"])
+    except Exception:
+        return {}
+
+
+def _acl_aligned(cache):
+    """The acl base's aligned projectors: current when their record names the current acl base, whose key covers
+    ACL_ALIGN; else made into cache/ by tools/align.py on acl captions (data.generate.write_acl_alignment)."""
+    want = name("acl")
+    shipped = os.path.join(SHIPPED_ACL, "aligned.safetensors")
+    if _record(shipped).get("llm") == want:
+        return shipped
+    path = os.path.join(cache, f"aligned-{want}.safetensors")
+    if _record(path).get("llm") != want:
+        from data.generate import write_acl_alignment
+        tiny_base(cache, "acl")
+        n, seed = min(240, PRETRAIN_STEPS), ACL_ALIGN["seed"]
+        root = write_acl_alignment(os.path.join(cache, "align", f"acl-seed{seed}-n{n}"), seed, n)
+        cmd = [sys.executable, os.path.join("tools", "align.py"), "--out", path, "--data-root", root, "--tasks",
+               "acl-align", "--seed", str(seed), "--max-steps", str(PRETRAIN_STEPS)]
+        r = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, MLLM_CL_CACHE=cache))
+        if r.returncode != 0 or _record(path).get("llm") != want:
+            raise UserError(f"the acl base's aligned projectors could not be made (`{' '.join(cmd[1:])}` exited with "
+                            f"status {r.returncode}; its output is above)")
     return path

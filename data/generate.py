@@ -399,8 +399,8 @@ TASKS = {f"{m}-{k}": (m, k) for m in WORLDS for k in ("cap", "qa")}
 TASKS.update({m: (m, "mixed") for m in WORLDS})
 TASKS.update({d: ("image", "domain") for d in DOMAINS})      # dcl: kind "domain" = QA drawn by make_domain_example
 # acl: kind "acl" = ability QA drawn by data/acl.py, its train generator for train / test_iid, its test generator for
-# test. Its words are not in text_corpus() / vocabulary() yet (ACL.acl_vocabulary(): adding them changes the tiny
-# base's key, so they enter with the base's rebuild for acl; data/README.md)
+# test. Its words and questions enter the acl base's vocabulary and corpus, not these (data/base.py: acl runs on a base
+# of its own, so the other scenarios' base and results stay as they are)
 TASKS.update({t: ("image", "acl") for t in ACL.ORDER})
 SIZES_PER_SPLIT = {"train": 320, "test": 64}
 # mcl steps ("mixed") are scored by a ratio, BRG = R[T, j] / R[j, j], which 64 test samples (32 of them QA) left
@@ -487,6 +487,28 @@ def write_task(root, name, seed, sizes=None):
         _write_jsonl(os.path.join(d, f"{split}.jsonl"), rows)
 
 
+def write_acl_alignment(root, seed, per_world):
+    """Stage-1 captions for the acl base (data/base.py ACL_ALIGN): `per_world` pictures of each acl ability and
+    generator, captioned by what they show (ACL.caption), under root/acl-align/{train,test}.jsonl. Returns root."""
+    d = os.path.join(root, "acl-align")
+    if os.path.exists(os.path.join(d, "DONE")):
+        return root
+    os.makedirs(os.path.join(d, "media"), exist_ok=True)
+    rng, rows = np.random.default_rng(seed), []
+    for task in ACL.ORDER:
+        for gen in ("train", "test"):
+            for _ in range(per_world):
+                img, cap, _ = ACL.describe(task, gen, rng)
+                rel = f"media/{len(rows):05d}.png"
+                write_media(os.path.join(d, rel), "image", img)
+                rows.append({"id": f"acl-align/{len(rows)}", "modality": "image", "media": rel,
+                             "instruction": caption_instruction("image"), "target": cap})
+    for split in ("train", "test"):          # the scripts read both; alignment trains on train only
+        _write_jsonl(os.path.join(d, f"{split}.jsonl"), rows)
+    open(os.path.join(d, "DONE"), "w").close()
+    return root
+
+
 def write_text_task(root, seed):
     d = os.path.join(root, "text")
     os.makedirs(d, exist_ok=True)
@@ -517,7 +539,6 @@ def _generator_id():
 
 
 GENERATOR_ID = _generator_id()
-acl_vocabulary = ACL.acl_vocabulary     # acl's words, kept out of vocabulary() until the base is rebuilt for acl
 
 
 def build(root, tasks, seed):
@@ -570,7 +591,7 @@ def text_corpus(seed=12345, n_per_task=400, n_text=4000, n_letter=1500):
     for name, (modality, kind) in sorted(TASKS.items()):
         if kind == "mixed":          # same sentences as its -cap and -qa tasks
             continue
-        if kind == "acl":            # not yet: ACL.acl_text_pairs() enters with the base's rebuild for acl
+        if kind == "acl":            # the acl base's corpus adds ACL.acl_text_pairs() (data/base.py)
             continue
         if kind == "domain":
             rng = _rng(seed, name, "pretrain")
@@ -606,7 +627,7 @@ def vocabulary():
         words |= set(_split_words(q)) | set(_split_words(a))
     words |= set(EXPERT_LETTERS) | set(ROUTER_WORDS)                  # MR-LoRA's router prompt and answers
     for name in TASKS:                                               # task names (router's expert descriptions)
-        if TASKS[name][1] != "acl":                                  # acl's: ACL.acl_vocabulary(), not yet
+        if TASKS[name][1] != "acl":                                  # acl's: the acl base's (data/base.py)
             words |= set(_split_words(name))
     return sorted(words)
 

@@ -159,7 +159,8 @@ def load_tasks(args):
     --data-root has no text/ folder: text-only retention is then left out of the results)."""
     root = data_root(args)
     tasks = [Task(n, read_manifest(os.path.join(root, n, "train.jsonl"), n)[:args.train_limit],
-                  read_manifest(os.path.join(root, n, "test.jsonl"), n)[:args.test_limit]) for n in args.task_names]
+                  read_manifest(os.path.join(root, n, f"{getattr(args, 'test_split', 'test')}.jsonl"), n)[:args.test_limit])
+             for n in args.task_names]
     text = None
     if os.path.isdir(os.path.join(root, "text")):
         text = Task("text", read_manifest(os.path.join(root, "text", "train.jsonl"), "text"),

@@ -9,6 +9,7 @@ builds), and nothing below common.py imports it; data/base.py runs it as a proce
     python -m data.tiny --rebuild        # rebuild data/tiny_base/ (after changing anything the key covers)
     python -m data.tiny --build          # build the base the current settings ask for into cache/ (if not there)
     python -m data.tiny --key            # print the key of the current settings and whether data/tiny_base has it
+    ... --variant acl                    # the same for the acl base (data/tiny_base_acl; data/base.py)
 """
 import argparse
 import os
@@ -26,36 +27,39 @@ if __package__ in (None, ""):                     # `python data/tiny.py`: make 
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common import MLLM, ce_loss   # noqa: E402
 from data import base   # noqa: E402
-from data.base import (AST_CONFIG, AST_FEATURES, DEFAULT_STEPS, ENCODER_CORPUS_SEED, ENCODER_LR, LLM_CONFIG,  # noqa: E402
-                       LLM_OPTIM, PARTS, PRETRAIN_BATCH, PRETRAIN_STEPS, SHIPPED, VIT_CONFIG, VIT_PROCESSOR,
-                       build_key, encoder_corpus_size, part_steps)
+from data.base import (ACL_CORPUS_SEED, AST_CONFIG, AST_FEATURES, DEFAULT_STEPS, ENCODER_CORPUS_SEED,  # noqa: E402
+                       ENCODER_LR, LLM_CONFIG, LLM_OPTIM, PRETRAIN_BATCH, PRETRAIN_STEPS, build_key,
+                       encoder_corpus_size, part_steps, variant_parts)
 from data.files import CACHE   # noqa: E402
 from data.load import Sample   # noqa: E402
 
 
-def build_tiny(cache=CACHE):
+def build_tiny(cache=CACHE, variant="default"):
     """The base's parts (data/base.py parts): the shipped data/tiny_base when its KEY is the current key, else
-    cache/tiny-<key>, built there now unless it is already."""
-    root = base.locate(cache)
-    if root != SHIPPED:
+    cache/tiny-<key>, built there now unless it is already (the acl variant: data/tiny_base_acl, cache/tiny-acl-<key>)."""
+    if variant != "default":
+        build_tiny(cache)                # the acl base borrows the default's audio encoder
+    root = base.locate(cache, variant)
+    if root != base.shipped_root(variant):
         from data.generate import locked
         with locked(root):               # two runs started at once: one builds, the other waits for its DONE
             if not os.path.exists(os.path.join(root, "DONE")):
-                _build(root, base.PRETRAIN_STEPS)
+                _build(root, base.PRETRAIN_STEPS, *([variant] if variant != "default" else []))
                 open(os.path.join(root, "DONE"), "w").close()
-    return base.parts(root)
+    return base.parts(root, variant, cache)
 
 
 
-def _build(root, steps):
-    """Pretrain the three parts for the budget `steps` (the key's) in parallel processes into root/{llm,image,audio};
-    one progress bar in this process (the workers report their steps through a queue), one line per finished part."""
+def _build(root, steps, variant="default"):
+    """Pretrain the variant's parts for the budget `steps` (the key's) in parallel processes into root/{llm,image,
+    audio}; one progress bar here (the workers report their steps through a queue), one line per finished part."""
     import concurrent.futures
     import multiprocessing
     ctx = multiprocessing.get_context("spawn")
     os.makedirs(root, exist_ok=True)
     threads = max(1, (os.cpu_count() or 1) // 3)
-    total, done, t0 = part_steps(steps), dict.fromkeys(PARTS, 0), time.time()
+    parts = variant_parts(variant)
+    total, done, t0 = {k: v for k, v in part_steps(steps).items() if k in parts}, dict.fromkeys(parts, 0), time.time()
     queue = ctx.Queue()
     bar = tqdm(total=sum(total.values()), desc="build tiny base (once)", unit="step", dynamic_ncols=True)
 
@@ -64,11 +68,11 @@ def _build(root, steps):
             part, step = queue.get()
             bar.update(step - done[part])
             done[part] = step
-        bar.set_postfix_str(" ".join(f"{p} {100 * done[p] // total[p]}%" for p in PARTS), refresh=False)
+        bar.set_postfix_str(" ".join(f"{p} {100 * done[p] // total[p]}%" for p in parts), refresh=False)
 
     with concurrent.futures.ProcessPoolExecutor(3, mp_context=ctx, initializer=_init_worker, initargs=(queue,)) as pool:
-        futures = {pool.submit(_build_part, k, os.path.join(root, k), threads, total[k], encoder_corpus_size(steps)): k
-                   for k in PARTS}
+        futures = {pool.submit(_build_part, k, os.path.join(root, k), threads, total[k], encoder_corpus_size(steps),
+                               variant): k for k in parts}
         pending = set(futures)
         while pending:
             finished, pending = concurrent.futures.wait(pending, timeout=0.5)
@@ -98,23 +102,24 @@ def _progress(part, steps):
     return report
 
 
-def _build_part(part, path, threads, steps, corpus_size):
+def _build_part(part, path, threads, steps, corpus_size, variant="default"):
     """Pretrain one part for `steps` and save it (runs in its own process; seeded, so the build is repeatable).
     `corpus_size`: items per world of the encoders' corpus."""
     _quiet_worker()
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     if part == "llm":
-        from data.generate import text_corpus, vocabulary
-        tok = _build_tokenizer(vocabulary())
+        tok = _build_tokenizer(base.vocabulary(variant))
         tok.save_pretrained(path)
-        _pretrain_tiny_llm(tok, text_corpus(), steps=steps, progress=_progress(part, steps)).save_pretrained(path)
+        _pretrain_tiny_llm(tok, base.text_corpus(variant), steps=steps, progress=_progress(part, steps)).save_pretrained(path)
     elif part == "image":
         from transformers import ViTConfig, ViTImageProcessor, ViTModel
-        vit = ViTModel(ViTConfig(**VIT_CONFIG), add_pooling_layer=False)
-        proc = ViTImageProcessor(**VIT_PROCESSOR)
+        vit_config, processor = base.vit(variant)
+        vit = ViTModel(ViTConfig(**vit_config), add_pooling_layer=False)
+        proc = ViTImageProcessor(**processor)
+        corpus = _acl_encoder_corpus(corpus_size) if variant == "acl" else _encoder_corpus("image", corpus_size)
         _pretrain_encoder(vit, lambda x: proc(x, return_tensors="pt")["pixel_values"],
-                          *_encoder_corpus("image", corpus_size), steps=steps, progress=_progress(part, steps))
+                          *corpus, steps=steps, progress=_progress(part, steps))
         vit.save_pretrained(path)
         proc.save_pretrained(path)
     else:
@@ -182,6 +187,20 @@ def _encoder_corpus(modality, n=None):
     return media, torch.tensor(labels)
 
 
+def _acl_encoder_corpus(n):
+    """The acl ViT's corpus: 2n pictures, a quarter of each acl ability, half from each generator (a real ViT has seen text in
+    many fonts and layouts), labelled per attribute (data/acl.py LABELS: ability, the text, the expression's numbers
+    and operator, the tallest bar, the count, the relation, the selected and the pointed button), own seed."""
+    from data import acl
+    rng = np.random.default_rng(ACL_CORPUS_SEED)
+    media, labels = [], []
+    for i in range(2 * n):
+        img, _, lab = acl.describe(acl.ORDER[i % 4], ("train", "test")[i // 4 % 2], rng)
+        media.append(np.asarray(img))
+        labels.append(lab)
+    return media, torch.tensor(labels)
+
+
 def _pretrain_encoder(enc, preprocess, media, labels, steps=PRETRAIN_STEPS, bs=PRETRAIN_BATCH, progress=None):
     """Multi-head attribute classification on mean-pooled encoder tokens; only the encoder is kept."""
     x = torch.cat([preprocess(media[i:i + 256]) for i in range(0, len(media), 256)])
@@ -238,36 +257,43 @@ def _pretrain_tiny_llm(tok, corpus, steps=PRETRAIN_STEPS, progress=None):
     return llm.eval()
 
 
-def rebuild(out=SHIPPED):
-    """Build the default base from scratch into `out` (default data/tiny_base, the shipped base) and write its KEY."""
+def rebuild(out=None, variant="default"):
+    """Build the variant's base from scratch into `out` (default data/tiny_base or data/tiny_base_acl, the shipped
+    base) and write its KEY (what it holds beside the parts, e.g. aligned projectors, is kept)."""
     if base.PRETRAIN_STEPS != DEFAULT_STEPS:
         raise SystemExit(f"error: MLLM_CL_TINY_STEPS={base.PRETRAIN_STEPS}: the shipped base is the {DEFAULT_STEPS}-step "
                          f"default; unset MLLM_CL_TINY_STEPS to rebuild it")
-    key, tmp = build_key(), out.rstrip("/") + ".tmp"
+    out = out or base.shipped_root(variant)
+    key, tmp = build_key(variant=variant), out.rstrip("/") + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     t0 = time.time()
-    _build(tmp, DEFAULT_STEPS)
+    _build(tmp, DEFAULT_STEPS, variant)
     with open(os.path.join(tmp, "KEY"), "w") as f:
         f.write(key + "\n")
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
-    print(f"tiny base tiny-{key} written to {out} in {time.time() - t0:.0f} s")
+    os.makedirs(out, exist_ok=True)
+    for part in variant_parts(variant) + ("KEY",):
+        shutil.rmtree(os.path.join(out, part), ignore_errors=True)
+        os.replace(os.path.join(tmp, part), os.path.join(out, part))
+    shutil.rmtree(tmp)
+    print(f"tiny base {base.name(variant)} written to {out} in {time.time() - t0:.0f} s")
 
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description="The embedded default's tiny base (see data/tiny.py's docstring).")
     p.add_argument("--rebuild", action="store_true", help="rebuild the shipped base (600 steps) into --out")
-    p.add_argument("--out", default=SHIPPED, help="where --rebuild writes the base")
+    p.add_argument("--out", default=None, help="where --rebuild writes the base (default: the shipped folder)")
+    p.add_argument("--variant", choices=base.VARIANTS, default="default", help="acl: acl's own base (data/base.py)")
     p.add_argument("--build", action="store_true", help="build the base the current settings ask for into cache/")
     p.add_argument("--key", action="store_true", help="print the key of the current settings")
     a = p.parse_args()
     from data import tiny            # the workers must unpickle data.tiny's functions, not __main__'s
     if a.rebuild:
-        tiny.rebuild(a.out)
+        tiny.rebuild(a.out, a.variant)
     elif a.build:
-        print(f"tiny base: {os.path.dirname(tiny.build_tiny()['llm'])}")
+        print(f"tiny base: {os.path.dirname(tiny.build_tiny(variant=a.variant)['llm'])}")
     elif a.key:
-        key = base.build_key()
-        print(f"tiny-{key}: {'data/tiny_base has it' if base.shipped_key() == key else 'not shipped, built into cache/'}")
+        shipped = base.shipped_root(a.variant)
+        has = base.shipped_key(shipped, a.variant) == base.build_key(variant=a.variant)
+        print(f"{base.name(a.variant)}: {shipped + ' has it' if has else 'not shipped, built into cache/'}")
     else:
         p.print_help()

@@ -165,3 +165,19 @@ def test_acl_vocabulary_holds_every_word_drawn(root):
         assert set(A.split_words(q + " " + a)) <= vocab
     assert G._split_words("acl-ocr (A) 18") == A.split_words("acl-ocr (A) 18")
     assert {"ocr", "gui", "18", "(", "lamp"} <= vocab and not {"ocr", "gui", "18", "lamp"} & set(G.vocabulary())
+
+
+def test_acl_captions_and_encoder_labels_for_the_acl_base():
+    """What the acl base's ViT and aligned projectors learn from: a caption in the acl vocabulary naming what the
+    picture shows (the text, the expression, the counted objects, the buttons) and one label per attribute."""
+    vocab, rng = set(A.acl_vocabulary()), np.random.default_rng(3)
+    for task in A.ORDER:
+        for gen in ("train", "test"):
+            for _ in range(20):
+                img, cap, lab = A.describe(task, gen, rng)
+                assert img.size == (A.ACL_IMG, A.ACL_IMG) and set(A.split_words(cap)) <= vocab, cap
+                assert len(lab) == len(A.LABELS) and lab[0] == A.ORDER.index(task)
+                assert sum(v >= 0 for v in lab[1:]) >= 1
+    info = {"words": ["save", "open", "copy", "undo"], "selected": "open", "pointed": "undo"}
+    assert A.caption("acl-gui", "pointer", info) == "buttons save open copy undo , open selected , pointer on undo"
+    assert A.caption("acl-math", "arith", {"a": "7", "op": "-", "b": "2"}) == "7 minus 2"

@@ -86,3 +86,32 @@ def test_shipped_aligned_projectors_match_their_builder():
     """data/tiny_base/aligned.safetensors is what `python tools/align.py --tiny-base` makes for the 600-step base."""
     assert base._record_key(base.SHIPPED_ALIGNED) == base.align_key(steps=base.DEFAULT_STEPS), \
         "stale: python tools/align.py --tiny-base --out data/tiny_base/aligned.safetensors (MLLM_CL_TINY_STEPS unset)"
+
+
+def test_each_scenario_starts_where_its_paper_starts():
+    """micl / dcl: scratch (MoInCL trains its projections from scratch; dcl: validation kept scratch, docs/defaults.md);
+    mcl: aligned (MERA's pre-training stage); acl: aligned with the projector at a tenth of the LoRA lr (MLLM-CL);
+    a real model: scratch (only the embedded default ships aligned projectors); explicit flags win."""
+    p = lambda *a: common.parse_args(common.shared_parser("x", "x"), list(a))
+    got = {s: (p("--scenario", s).projectors, p("--scenario", s).projector_lr) for s in ("micl", "dcl", "mcl", "acl")}
+    assert got == {"micl": ("scratch", None), "dcl": ("scratch", None), "mcl": ("aligned", None), "acl": ("aligned", 1e-4)}
+    assert p("--tasks", "image-cap").projectors == "scratch"
+    assert (p("--scenario", "acl", "--llm", "some/model").projectors, p("--scenario", "acl", "--llm", "x").projector_lr) \
+        == ("scratch", None)
+    a = p("--scenario", "acl", "--projectors", "scratch", "--projector-lr", "1e-3")
+    assert (a.projectors, a.projector_lr) == ("scratch", 1e-3)
+
+
+def test_acl_runs_on_its_own_base_from_its_aligned_projectors(tmp_path):
+    """--scenario acl: the acl base (64 px ViT, acl's vocabulary) and its aligned projectors, made on first use
+    (for the tests' 30-step base: alignment on acl captions through tools/align.py); --test-split test_iid names
+    the run apart."""
+    r = run_script("baselines.py", tmp_path / "r", "--scenario", "acl", "--max-steps", "1", "--test-limit", "4",
+                   "--train-limit", "8")
+    res = json.load(open(tmp_path / "r" / "results.json"))
+    assert res["fingerprint"]["llm"] == base.name("acl") and res["fingerprint"]["projectors"] == "aligned"
+    assert res["args"]["projector_lr"] == 1e-4 and res["tasks"] == ["acl-ocr", "acl-math", "acl-vp", "acl-gui"]
+    record = state(base.aligned_projectors(variant="acl"))[1]
+    assert record["llm"] == base.name("acl") and record["enc_dims"]["image"] == res["fingerprint"]["enc_dims"]["image"]
+    a = baselines.get_args(["--scenario", "acl", "--test-split", "test_iid"])
+    assert a.output_dir.endswith("finetune-test_iid__acl__order1__seed0")

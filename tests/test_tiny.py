@@ -128,3 +128,37 @@ def test_tiny_base_has_the_builder_build_a_missing_base_as_a_process(tmp_path, m
     assert calls == [(["-m", "data.tiny", "--build"], str(tmp_path))]
     (tmp_path / f"tiny-{base.build_key()}" / "DONE").write_text("")        # a finished build: no second process
     assert base.tiny_base(str(tmp_path))["name"] == f"tiny-{base.build_key()}" and len(calls) == 1
+
+
+def test_acl_base_is_its_own_variant_and_shipped_with_its_key():
+    """The acl base (data/tiny_base_acl): the default's vocabulary and corpus plus acl's, a 64 px ViT with the same
+    8 x 8 token grid, the default's audio encoder; its own key, so the default base (and every other scenario's
+    result) is untouched by it. Fails when data/tiny_base_acl is stale."""
+    from data import acl
+    assert base.variant_of(["acl-ocr", "acl-gui"]) == "acl" and base.variant_of(["image-cap", "dcl-rs"]) == "default"
+    voc = base.vocabulary("acl")
+    assert set(vocabulary()) < set(voc) and set(acl.acl_vocabulary()) <= set(voc)
+    assert base.text_corpus("acl")[:len(base.text_corpus())] == base.text_corpus()
+    assert base.build_key(variant="acl") != base.build_key()
+    with open(os.path.join(base.SHIPPED_ACL, "KEY")) as f:
+        assert f.read().strip() == base.recipe_key(base.DEFAULT_STEPS, "acl"), \
+            "data/tiny_base_acl is stale: python -m data.tiny --rebuild --variant acl"
+    cfg, proc = base.vit("acl")
+    assert cfg["image_size"] // cfg["patch_size"] == base.VIT_CONFIG["image_size"] // base.VIT_CONFIG["patch_size"]
+    from transformers import AutoModel
+    assert AutoModel.from_pretrained(os.path.join(base.SHIPPED_ACL, "image")).config.image_size == 64
+    llm_tok = __import__("data.load", fromlist=["load_llm"]).load_llm(os.path.join(base.SHIPPED_ACL, "llm"), "cpu")[1]
+    assert llm_tok.get_vocab() == tiny._build_tokenizer(voc).get_vocab()
+
+
+def test_acl_base_borrows_the_default_audio_encoder(tmp_path, monkeypatch):
+    built = []
+    monkeypatch.setattr(tiny, "_build", lambda root, steps, variant="default": (built.append((os.path.basename(root),
+                                                                                              variant)),
+                                                                                 os.makedirs(root, exist_ok=True)))
+    monkeypatch.setattr(base, "PRETRAIN_STEPS", 30)
+    paths = tiny.build_tiny(cache=str(tmp_path), variant="acl")
+    default = tiny.build_tiny(cache=str(tmp_path))
+    assert paths["audio"] == default["audio"] and paths["llm"] != default["llm"]
+    assert paths["name"] == f"tiny-acl-{base.build_key(steps=30, variant='acl')}"
+    assert sorted(v for _, v in built) == ["acl", "default"]
