@@ -23,8 +23,8 @@ the pixels are the same on every machine with the same Pillow: `px5x7` (a 5x7 bi
 `seg7` (seven-segment digits drawn here). Train writes in px5x7 / pilfont, test in aileron / seg7.
 
 Images are ACL_IMG = 64 px a side (the other scenarios use 40): a four-letter word in a 5x7 font needs 23 px, two
-of them side by side on a GUI screen do not fit in 40. The tiny base's ViT (image_size 40) sees them resized to
-40 px until the base is rebuilt for acl (data/README.md, acl section). This module imports nothing of the project;
+of them side by side on a GUI screen do not fit in 40; acl runs on a base of its own with a 64 px ViT
+(data/base.py, data/README.md acl section). This module imports nothing of the project;
 data/generate.py registers its tasks (TASKS kind "acl") and writes the files.
 """
 import functools
