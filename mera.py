@@ -32,7 +32,7 @@ Deviations from the paper / official code (and why):
     with peft's merge_and_unload).
   - Where it starts: mcl starts from the embedded default's aligned projectors (tools/align.py), as MERA pre-trains
     each new connector on captions with the LLM frozen before its fine-tuning step; on micl, scratch (its tasks are
-    MoInCL's setting). On validation the aligned start raised BRG from 94.5 to 98.5 (docs/defaults.md).
+    MoInCL's setting); validation agreed (docs/defaults.md).
   - Realignment trains all seen projectors together on the union of the replay sets (each projector gets gradients
     only from its own modality) with a fresh AdamW for --realign-epochs 3, --realign-lr 1e-4 from aligned
     projectors (a tenth of the LoRA lr, as the reimplementation attributed to the paper's Table 9), 1e-3 from

@@ -36,7 +36,8 @@ Deviations from the paper / official code (and why):
     with each expert); all start from the same base projector initialisation.
   - Where it starts: MLLM-CL continues LLaVA-1.5, whose projector is aligned, and trains it at a tenth of the LoRA
     lr; acl does the same (the acl base's aligned projectors, --projector-lr 1e-4). dcl starts from scratch
-    projectors: on validation the shipped aligned ones lost 1.8-13 points of Last (docs/defaults.md).
+    projectors: the tiny base's aligned ones, made from a few synthetic captions, lost accuracy there on validation
+    (docs/defaults.md).
   - Text-only instructions (LLM ability retention) are routed like any request: there is no "no expert" option.
     With --oracle, samples without a seen ground-truth expert (unseen tasks, text) go to the most recent expert.
 

@@ -175,7 +175,8 @@ def locate(cache=CACHE, variant="default"):
     """The folder of the base the current settings ask for: the shipped data/tiny_base (tiny_base_acl) when its KEY
     is the current key, else cache/<name> (which may not be built yet)."""
     shipped = shipped_root(variant)
-    return shipped if shipped_key(shipped, variant) == build_key(variant=variant) else os.path.join(cache, name(variant))
+    current = shipped_key(shipped, variant) == build_key(variant=variant)
+    return shipped if current else os.path.join(cache, name(variant))
 
 
 def parts(root, variant="default", cache=CACHE):
@@ -220,13 +221,18 @@ def align_key(steps=None):
     return hashlib.sha1(blob).hexdigest()[:10]
 
 
-def _record_key(path):
+def _record(path):
+    """The record tools/align.py wrote into a projector file ({} when there is none)."""
     from safetensors import safe_open
     try:
         with safe_open(path, "pt") as f:
-            return json.loads(f.metadata()["record"]).get("key")
+            return json.loads(f.metadata()["record"])
     except Exception:
-        return None
+        return {}
+
+
+def _record_key(path):
+    return _record(path).get("key")
 
 
 def aligned_projectors(cache=CACHE, variant="default"):
@@ -248,15 +254,6 @@ def aligned_projectors(cache=CACHE, variant="default"):
     return path
 
 
-def _record(path):
-    from safetensors import safe_open
-    try:
-        with safe_open(path, "pt") as f:
-            return json.loads(f.metadata()["record"])
-    except Exception:
-        return {}
-
-
 def _acl_aligned(cache):
     """The acl base's aligned projectors: current when their record names the current acl base, whose key covers
     ACL_ALIGN; else made into cache/ by tools/align.py on acl captions (data.generate.write_acl_alignment)."""
@@ -268,10 +265,10 @@ def _acl_aligned(cache):
     if _record(path).get("llm") != want:
         from data.generate import write_acl_alignment
         tiny_base(cache, "acl")
-        n, seed = min(240, PRETRAIN_STEPS), ACL_ALIGN["seed"]
+        n, seed = ACL_ALIGN["per_world"], ACL_ALIGN["seed"]
         root = write_acl_alignment(os.path.join(cache, "align", f"acl-seed{seed}-n{n}"), seed, n)
         cmd = [sys.executable, os.path.join("tools", "align.py"), "--out", path, "--data-root", root, "--tasks",
-               "acl-align", "--seed", str(seed), "--max-steps", str(PRETRAIN_STEPS)]
+               "acl-align", "--seed", str(seed), "--max-steps", str(ACL_ALIGN["max_steps"])]
         r = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, MLLM_CL_CACHE=cache))
         if r.returncode != 0 or _record(path).get("llm") != want:
             raise UserError(f"the acl base's aligned projectors could not be made (`{' '.join(cmd[1:])}` exited with "

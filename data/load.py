@@ -158,9 +158,9 @@ def load_tasks(args):
     """The task sequence (--scenario/--order or --tasks) and the text-only instruction set (None when a
     --data-root has no text/ folder: text-only retention is then left out of the results)."""
     root = data_root(args)
+    test = getattr(args, "test_split", "test")                  # --test-split (acl: test_iid)
     tasks = [Task(n, read_manifest(os.path.join(root, n, "train.jsonl"), n)[:args.train_limit],
-                  read_manifest(os.path.join(root, n, f"{getattr(args, 'test_split', 'test')}.jsonl"), n)[:args.test_limit])
-             for n in args.task_names]
+                  read_manifest(os.path.join(root, n, f"{test}.jsonl"), n)[:args.test_limit]) for n in args.task_names]
     text = None
     if os.path.isdir(os.path.join(root, "text")):
         text = Task("text", read_manifest(os.path.join(root, "text", "train.jsonl"), "text"),

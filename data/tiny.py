@@ -36,7 +36,8 @@ from data.load import Sample   # noqa: E402
 
 def build_tiny(cache=CACHE, variant="default"):
     """The base's parts (data/base.py parts): the shipped data/tiny_base when its KEY is the current key, else
-    cache/tiny-<key>, built there now unless it is already (the acl variant: data/tiny_base_acl, cache/tiny-acl-<key>)."""
+    cache/tiny-<key>, built there now unless it is already (the acl variant: data/tiny_base_acl,
+    cache/tiny-acl-<key>)."""
     if variant != "default":
         build_tiny(cache)                # the acl base borrows the default's audio encoder
     root = base.locate(cache, variant)
@@ -44,7 +45,7 @@ def build_tiny(cache=CACHE, variant="default"):
         from data.generate import locked
         with locked(root):               # two runs started at once: one builds, the other waits for its DONE
             if not os.path.exists(os.path.join(root, "DONE")):
-                _build(root, base.PRETRAIN_STEPS, *([variant] if variant != "default" else []))
+                _build(root, base.PRETRAIN_STEPS, variant)
                 open(os.path.join(root, "DONE"), "w").close()
     return base.parts(root, variant, cache)
 
@@ -111,7 +112,8 @@ def _build_part(part, path, threads, steps, corpus_size, variant="default"):
     if part == "llm":
         tok = _build_tokenizer(base.vocabulary(variant))
         tok.save_pretrained(path)
-        _pretrain_tiny_llm(tok, base.text_corpus(variant), steps=steps, progress=_progress(part, steps)).save_pretrained(path)
+        llm = _pretrain_tiny_llm(tok, base.text_corpus(variant), steps=steps, progress=_progress(part, steps))
+        llm.save_pretrained(path)
     elif part == "image":
         from transformers import ViTConfig, ViTImageProcessor, ViTModel
         vit_config, processor = base.vit(variant)
@@ -188,9 +190,9 @@ def _encoder_corpus(modality, n=None):
 
 
 def _acl_encoder_corpus(n):
-    """The acl ViT's corpus: 2n pictures, a quarter of each acl ability, half from each generator (a real ViT has seen text in
-    many fonts and layouts), labelled per attribute (data/acl.py LABELS: ability, the text, the expression's numbers
-    and operator, the tallest bar, the count, the relation, the selected and the pointed button), own seed."""
+    """The acl ViT's corpus: 2n pictures, a quarter of each acl ability, half from each generator (a real ViT has
+    seen text in many fonts and layouts), labelled per attribute (data/acl.py LABELS: ability, the text, the
+    expression's numbers and operator, the tallest bar, the count, the relation, the selected and the pointed button), own seed."""
     from data import acl
     rng = np.random.default_rng(ACL_CORPUS_SEED)
     media, labels = [], []

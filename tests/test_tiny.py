@@ -42,8 +42,8 @@ def test_shipped_parts_load_with_the_builders_vocabulary_and_configs():
 
 def test_build_tiny_uses_the_shipped_base_only_for_its_key(tmp_path, monkeypatch):
     built = []
-    monkeypatch.setattr(tiny, "_build", lambda root, steps: (built.append((root, steps)),
-                                                             os.makedirs(root, exist_ok=True)))
+    monkeypatch.setattr(tiny, "_build", lambda root, steps, variant="default": (built.append((root, steps)),
+                                                                                   os.makedirs(root, exist_ok=True)))
     key = base.build_key(steps=base.DEFAULT_STEPS)
     monkeypatch.setattr(base, "PRETRAIN_STEPS", base.DEFAULT_STEPS)
     paths = tiny.build_tiny(cache=str(tmp_path))
@@ -64,7 +64,8 @@ def test_build_tiny_waits_for_a_build_in_progress(tmp_path, monkeypatch):
     import fcntl
     import threading
     built = []
-    monkeypatch.setattr(tiny, "_build", lambda root, steps: (built.append(root), os.makedirs(root, exist_ok=True)))
+    monkeypatch.setattr(tiny, "_build", lambda root, steps, variant="default": (built.append(root),
+                                                                                   os.makedirs(root, exist_ok=True)))
     monkeypatch.setattr(base, "PRETRAIN_STEPS", 30)
     root = tmp_path / f"tiny-{base.build_key(steps=30)}"
     root.mkdir()
