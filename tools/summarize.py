@@ -22,13 +22,20 @@ from data.predictions import pick_samples, read_predictions, sample_table  # noq
 SUMMARY_KEYS = ["last", "maa", "mft", "bwt", "forgetting", "brg", "brg_mean", "text_retention", "router_accuracy"]
 
 
+def _models(args):
+    """The models a run used, as its table's title: the scenario alone on the embedded default, else the scenario
+    with the LLM / image / audio encoders (or the LLaVA checkpoint), so runs on other weights never share a table."""
+    names = [args[k] for k in ("mllm", "llm", "image_encoder", "audio_encoder") if args.get(k) not in (None, "tiny")]
+    return args["scenario"] + (" (" + ", ".join(os.path.basename(str(n).rstrip("/")) for n in names) + ")") * bool(names)
+
+
 def _groups(root):
-    """{(scenario, order, method): [results.json dicts]} over every results.json under root."""
+    """{(scenario [+ models], order, method): [results.json dicts]} over every results.json under root."""
     groups = {}
     for p in sorted(glob.glob(os.path.join(root, "**", "results.json"), recursive=True)):
         with open(p) as f:
             r = json.load(f)
-        groups.setdefault((r["args"]["scenario"], r["args"]["order"], r["method"]), []).append(r)
+        groups.setdefault((_models(r["args"]), r["args"]["order"], r["method"]), []).append(r)
     if not groups:
         raise UserError(f"{root}: no results.json found")
     # str(order): a --tasks run's order is its task sequence (text), a scenario's a number
@@ -36,7 +43,7 @@ def _groups(root):
 
 
 def summarize(root, png=None):
-    """Markdown tables (one per scenario) over every results.json under root: mean +/- std over seeds.
+    """Markdown tables (one per scenario and models) over every results.json under root: mean +/- std over seeds.
     With `png`, also draw them (draw_summary)."""
     groups = _groups(root)
     out = []
