@@ -7,10 +7,10 @@ from PIL import Image
 from tools.summarize import main as summarize      # what `python tools/summarize.py` runs (as a process: test_run.py)
 
 
-def fake_run(root, method, scenario, order, seed, metrics, total_s=120.0, brg_steps=None, **models):
-    d = root / f"{method}__{scenario}__order{order}__seed{seed}{'-' + '-'.join(models.values()) if models else ''}"
+def fake_run(root, method, scenario, order, seed, metrics, total_s=120.0, brg_steps=None, **args):
+    d = root / f"{method}__{scenario}__order{order}__seed{seed}{'-' + '-'.join(map(str, args.values())) if args else ''}"
     d.mkdir(parents=True)
-    res = {"method": method, "args": {"scenario": scenario, "order": order, "seed": seed, **models}, "metrics": metrics,
+    res = {"method": method, "args": {"scenario": scenario, "order": order, "seed": seed, **args}, "metrics": metrics,
            "timings": {"total_s": total_s}, "brg_steps": brg_steps}
     (d / "results.json").write_text(json.dumps(res))
 
@@ -22,6 +22,7 @@ def test_summarize_table_and_png(tmp_path, capsys):
     fake_run(tmp_path, "mera", "mcl", 2, 0, {"last": 60.0, "bwt": -2.0, "brg": 97.0}, brg_steps=[99.0, 97.0])
     fake_run(tmp_path, "mera", "mcl", 2, 1, {"last": 60.0, "bwt": -2.0, "brg": 97.0}, brg_steps=[96.0, 97.0])
     fake_run(tmp_path, "finetune", "micl", 1, 0, {"last": 7.0}, llm="cache/real/smollm2/", image_encoder="tiny")
+    fake_run(tmp_path, "finetune", "micl", 1, 0, {"last": 3.0}, val=True)
     png = tmp_path / "pic" / "s.png"
     png.parent.mkdir()
     summarize([str(tmp_path), "--png", str(png)])
@@ -30,9 +31,10 @@ def test_summarize_table_and_png(tmp_path, capsys):
     assert "| finetune | 1 | 0,1 | 45.0 ± 5.0 | -45.0 ± 5.0 | 25.0 ± 5.0 | - | 2.5 |" in out
     assert "| joint | 1 | 0 | 90.0 ± 0.0 | - | 35.0 ± 0.0 | - | 2.0 |" in out
     assert "#### micl (smollm2)" in out and "| finetune | 1 | 0 | 7.0 ± 0.0 | - | 2.0 |" in out   # other weights: own table
+    assert "#### micl, val split" in out and "| finetune | 1 | 0 | 3.0 ± 0.0 | - | 2.0 |" in out
     assert "| mera | 2 | 0,1 | 60.0 ± 0.0 | -2.0 ± 0.0 | 97.0 ± 0.0 | 97.5 / 97.0 | 2.0 |" in out   # BRG per step
     w, h = Image.open(png).size
-    assert 500 <= w <= 1200 and 100 <= h <= 800      # three headers + four method rows
+    assert 500 <= w <= 1200 and 100 <= h <= 900      # four headers + five method rows
 
 
 def test_summarize_default_png_and_empty_root(tmp_path):

@@ -22,11 +22,13 @@ from data.predictions import pick_samples, read_predictions, sample_table  # noq
 SUMMARY_KEYS = ["last", "maa", "mft", "bwt", "forgetting", "brg", "brg_mean", "text_retention", "router_accuracy"]
 
 
-def _models(args):
-    """The models a run used, as its table's title: the scenario alone on the embedded default, else the scenario
-    with the LLM / image / audio encoders (or the LLaVA checkpoint), so runs on other weights never share a table."""
+def _title(args):
+    """A run's table: the scenario, with the models when not the embedded default (the LLM / encoders or the LLaVA
+    checkpoint) and the split when not the test split, so runs on other weights or data never share a table."""
     names = [args[k] for k in ("mllm", "llm", "image_encoder", "audio_encoder") if args.get(k) not in (None, "tiny")]
-    return args["scenario"] + (" (" + ", ".join(os.path.basename(str(n).rstrip("/")) for n in names) + ")") * bool(names)
+    split = "val" if args.get("val") else args.get("test_split", "test")
+    return (args["scenario"] + (" (" + ", ".join(os.path.basename(str(n).rstrip("/")) for n in names) + ")") * bool(names)
+            + f", {split} split" * (split != "test"))
 
 
 def _groups(root):
@@ -35,7 +37,7 @@ def _groups(root):
     for p in sorted(glob.glob(os.path.join(root, "**", "results.json"), recursive=True)):
         with open(p) as f:
             r = json.load(f)
-        groups.setdefault((_models(r["args"]), r["args"]["order"], r["method"]), []).append(r)
+        groups.setdefault((_title(r["args"]), r["args"]["order"], r["method"]), []).append(r)
     if not groups:
         raise UserError(f"{root}: no results.json found")
     # str(order): a --tasks run's order is its task sequence (text), a scenario's a number
