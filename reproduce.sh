@@ -5,6 +5,7 @@
 #   bash reproduce.sh                 # one run at a time, all cores
 #   JOBS=2 bash reproduce.sh          # two at a time with one thread each (how the published runs were made)
 #   SEEDS="0" bash reproduce.sh       # a subset of the seeds
+#   REAL=1 JOBS=2 bash reproduce.sh   # only the "real pretrained weights" table (runs/real/, about 8 h on 2 cores)
 set -euo pipefail
 cd "$(dirname "$0")"
 JOBS=${JOBS:-1}
@@ -29,9 +30,28 @@ run() {   # run NAME SCENARIO ORDER SEED SCRIPT [FLAGS...]: one run, into runs/N
   [ -f "$out/results.json" ] && return 0
   while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n || true; done
   echo "$(date +%T) start $out"
-  python "$script" --scenario "$scen" --order "$order" --seed "$seed" --resume "$@" > "runs/logs/$(basename "$out").log" 2>&1 \
-    && echo "$(date +%T) done  $out" || echo "$(date +%T) FAILED $out (see runs/logs/)" &
+  local log="$(dirname "$out")/logs/$(basename "$out").log"
+  mkdir -p "$(dirname "$log")"
+  python "$script" --scenario "$scen" --order "$order" --seed "$seed" --output-dir "$out" --resume "$@" > "$log" 2>&1 \
+    && echo "$(date +%T) done  $out" || echo "$(date +%T) FAILED $out (see $log)" &
 }
+
+if [ "${REAL:-0}" = 1 ]; then   # SmolLM2-135M-Instruct + DINOv2-S + Whisper tiny.en (issue #39), the budget of docs/real_weights.md
+  python -m data.real_weights
+  RW="--llm smollm2 --image-encoder dinov2-s --audio-encoder whisper-tiny.en --chat-template --train-limit 48 --test-limit 16 --epochs 4 --batch-size 8"
+  for s in $SEEDS; do
+    for m in finetune replay; do run real/$m micl 1 $s baselines.py --method $m $RW; done
+    run real/moincl micl 1 $s moincl.py $RW
+    run real/moincl-noikd micl 1 $s moincl.py --no-ikd $RW
+    run real/mr-lora micl 1 $s mr_lora.py $RW
+    run real/mr-lora-oracle micl 1 $s mr_lora.py --oracle $RW
+    run real/finetune mcl 1 $s baselines.py --method finetune $RW
+    run real/mera mcl 1 $s mera.py $RW
+  done
+  wait
+  python tools/summarize.py runs/real
+  exit 0
+fi
 
 for s in $SEEDS; do
   for o in 1 2; do                                                   # micl: every baseline and MoInCL, both orders
