@@ -28,6 +28,8 @@ g.add_argument("--image-task", default="image-cap")
 g.add_argument("--audio-task", default="audio-cap")
 g.add_argument("--eval-samples", type=int, default=64)
 g.add_argument("--top", type=int, default=15, help="profiler rows shown")
+g.add_argument("--profile-steps", type=int, default=10, help="steps under torch.profiler for the op shares (0: none; "
+               "with real weights its shape records outgrew 24 GB)")
 g.add_argument("--logits", choices=["targets", "all"], default="targets", help="MLLM.forward keep=: logits at the "
                "positions a loss reads (the scripts' step) or at every position (the step before that change)")
 argv = sys.argv[1:]
@@ -110,8 +112,11 @@ def bench_batch(kind, samples):
     print("  wall shares (perf_counter): " + ", ".join(
         f"{n} {m * 1e3:.1f} ms ({100 * m / med[-1]:.0f} %)" for n, m in zip(
             ("collate", "forward+loss", "backward", "optimizer"), med)))
+    if not args.profile_steps:
+        return dict(kind=kind, L=L, ms=ms, gflop=gf, gflops=gf / med[-1])
+    P = args.profile_steps
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
-        for _ in range(10):
+        for _ in range(P):
             step(samples)
     ev = prof.key_averages()
     r = args.lora_r
@@ -127,14 +132,14 @@ def bench_batch(kind, samples):
     print("  largest in 'other': " + ", ".join(f"{e.key} {100 * e.self_cpu_time_total / tot:.1f} %" for e in others))
     tot_sh = sum(e.self_cpu_time_total for e in ev)
     a = sum(e.self_cpu_time_total for e in sh if lora(e))
-    n = sum(e.count for e in sh if lora(e)) / 10
+    n = sum(e.count for e in sh if lora(e)) / P
     print(f"  aten::mm with a rank-{r} (LoRA A/B) operand: {100 * a / tot_sh:.1f} % of self CPU, {n:.0f} calls/step")
-    mm_s = sum(e.self_cpu_time_total for e in ev if group_of(e.key).startswith("matmul")) / 10 / 1e6
+    mm_s = sum(e.self_cpu_time_total for e in ev if group_of(e.key).startswith("matmul")) / P / 1e6
     print(f"  matmuls inside the step: {1e3 * mm_s:.1f} ms/step self time -> {gf / mm_s:.0f} GFLOP/s on the counted "
           f"FLOPs (profiler on; its per-op overhead included)")
-    print(f"  top {args.top} ops by self CPU time (10 steps; calls per step):")
+    print(f"  top {args.top} ops by self CPU time ({P} steps; calls per step):")
     for e in sorted(ev, key=lambda e: -e.self_cpu_time_total)[:args.top]:
-        print(f"    {e.key:45s} {100 * e.self_cpu_time_total / tot:5.1f} %  {e.count / 10:6.1f} calls")
+        print(f"    {e.key:45s} {100 * e.self_cpu_time_total / tot:5.1f} %  {e.count / P:6.1f} calls")
     return dict(kind=kind, L=L, ms=ms, gflop=gf, gflops=gf / med[-1])
 
 
