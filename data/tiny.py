@@ -295,7 +295,7 @@ if __name__ == "__main__":
         print(f"tiny base: {os.path.dirname(tiny.build_tiny(variant=a.variant)['llm'])}")
     elif a.key:
         shipped = base.shipped_root(a.variant)
-        has = base.shipped_key(shipped, a.variant) == base.build_key(variant=a.variant)
+        has = base.locate(variant=a.variant) == shipped
         print(f"{base.name(a.variant)}: {shipped + ' has it' if has else 'not shipped, built into cache/'}")
     else:
         p.print_help()

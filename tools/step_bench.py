@@ -112,8 +112,9 @@ def bench_batch(kind, samples):
     print("  wall shares (perf_counter): " + ", ".join(
         f"{n} {m * 1e3:.1f} ms ({100 * m / med[-1]:.0f} %)" for n, m in zip(
             ("collate", "forward+loss", "backward", "optimizer"), med)))
+    result = dict(kind=kind, L=L, ms=ms, gflop=gf, gflops=gf / med[-1])
     if not args.profile_steps:
-        return dict(kind=kind, L=L, ms=ms, gflop=gf, gflops=gf / med[-1])
+        return result
     P = args.profile_steps
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         for _ in range(P):
@@ -140,7 +141,7 @@ def bench_batch(kind, samples):
     print(f"  top {args.top} ops by self CPU time ({P} steps; calls per step):")
     for e in sorted(ev, key=lambda e: -e.self_cpu_time_total)[:args.top]:
         print(f"    {e.key:45s} {100 * e.self_cpu_time_total / tot:5.1f} %  {e.count / P:6.1f} calls")
-    return dict(kind=kind, L=L, ms=ms, gflop=gf, gflops=gf / med[-1])
+    return result
 
 
 def blas_ref(M):
