@@ -98,6 +98,7 @@ def test_each_scenario_starts_where_its_paper_starts():
     assert p("--tasks", "image-cap").projectors == "scratch"
     assert (p("--scenario", "acl", "--llm", "some/model").projectors, p("--scenario", "acl", "--llm", "x").projector_lr) \
         == ("scratch", None)
+    assert p("--scenario", "mcl", "--mllm", "some/llava").projectors == "scratch"      # LLaVA brings its projector
     a = p("--scenario", "acl", "--projectors", "scratch", "--projector-lr", "1e-3")
     assert (a.projectors, a.projector_lr) == ("scratch", 1e-3)
 
