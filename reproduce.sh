@@ -43,7 +43,7 @@ if [ "${REAL:-0}" = 1 ]; then   # SmolLM2-135M-Instruct + DINOv2-S + Whisper tin
     for m in finetune replay; do run real/$m micl 1 $s baselines.py --method $m $RW; done
     run real/moincl micl 1 $s moincl.py $RW
     run real/moincl-noikd micl 1 $s moincl.py --no-ikd $RW
-    run real/mr-lora micl 1 $s mr_lora.py $RW
+    run real/mr-lora micl 1 $s mr_lora.py --router-epochs 5 $RW      # router budget: docs/real_weights.md
     run real/mr-lora-oracle micl 1 $s mr_lora.py --oracle $RW
     run real/finetune mcl 1 $s baselines.py --method finetune $RW
     run real/mera mcl 1 $s mera.py $RW

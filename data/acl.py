@@ -496,7 +496,12 @@ def make_example(task, gen, rng, render=True):
 # picture captioned with what it shows, and labelled per attribute for the ViT's pretraining heads.
 OPS = ["+", "-", ">", "<"]
 OP_WORDS = {"+": "plus", "-": "minus", ">": "greater than", "<": "less than"}
-LABELS = ["ability", "text", "a", "op", "b", "top", "count", "relation", "selected", "pointed"]   # -1: n/a
+# Every label is read off the picture alone (the question is not shown to the ViT): how many objects of EACH kind,
+# and where the pair's earlier kind (KINDS order) lies relative to the other, not the count / relation asked about.
+LABELS = ["ability", "text", "a", "op", "b", "top"] + [f"{k}s" for k in KINDS] + ["relation", "selected", "pointed"]
+LABEL_CLASSES = [len(ORDER), len(ANSWERS["acl-ocr"]), len(NUMS), len(OPS), len(NUMS), len(COLOURS)] + \
+                [len(COUNTS) + 1] * len(KINDS) + [len(RELATIONS), len(GUI_WORDS), len(GUI_WORDS)]   # classes per head
+OPPOSITE = {"left": "right", "right": "left", "above": "below", "below": "above"}
 
 
 def caption(task, qtype, info):
@@ -525,10 +530,13 @@ def describe(task, gen, rng):
         lab["top"] = list(COLOURS).index(info["top"])
     elif task == "acl-math":
         lab.update(a=int(info["a"]), op=OPS.index(info["op"]), b=int(info["b"]))
-    elif qtype == "count":
-        lab["count"] = info["count"] - 1
-    elif qtype == "spatial":
-        lab["relation"] = RELATIONS.index(info["relation"])
+    elif task == "acl-vp":
+        shown = [o.split()[-1] for o in (info["a"], info["b"])] if qtype == "spatial" else \
+            [info["kind"]] * info["count"] + [info["other"]] * info["others"]
+        lab.update({f"{k}s": shown.count(k) for k in KINDS})
+        if qtype == "spatial":
+            first = KINDS.index(shown[0]) < KINDS.index(shown[1])
+            lab["relation"] = RELATIONS.index(info["relation"] if first else OPPOSITE[info["relation"]])
     else:
         lab.update(selected=GUI_WORDS.index(info["selected"]), pointed=GUI_WORDS.index(info["pointed"]))
     return img, caption(task, qtype, info), [lab[k] for k in LABELS]

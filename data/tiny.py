@@ -12,6 +12,7 @@ builds), and nothing below common.py imports it; data/base.py runs it as a proce
     ... --variant acl                    # the same for the acl base (data/tiny_base_acl; data/base.py)
 """
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -27,9 +28,9 @@ if __package__ in (None, ""):                     # `python data/tiny.py`: make 
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common import MLLM, ce_loss   # noqa: E402
 from data import base   # noqa: E402
-from data.base import (ACL_CORPUS_SEED, AST_CONFIG, AST_FEATURES, DEFAULT_STEPS, ENCODER_CORPUS_SEED,  # noqa: E402
-                       ENCODER_LR, LLM_CONFIG, LLM_OPTIM, PRETRAIN_BATCH, PRETRAIN_STEPS, build_key,
-                       encoder_corpus_size, part_steps, variant_parts)
+from data.base import (ACL_CORPUS_SEED, ACL_VIT_TRAIN, AST_CONFIG, AST_FEATURES, DEFAULT_STEPS,  # noqa: E402
+                       ENCODER_CORPUS_SEED, ENCODER_LR, LLM_CONFIG, LLM_OPTIM, PRETRAIN_BATCH, PRETRAIN_STEPS,
+                       build_key, encoder_corpus_size, part_steps, variant_parts)
 from data.files import CACHE   # noqa: E402
 from data.load import Sample   # noqa: E402
 
@@ -60,7 +61,8 @@ def _build(root, steps, variant="default"):
     os.makedirs(root, exist_ok=True)
     threads = max(1, (os.cpu_count() or 1) // 3)
     parts = variant_parts(variant)
-    total, done, t0 = {k: v for k, v in part_steps(steps).items() if k in parts}, dict.fromkeys(parts, 0), time.time()
+    total = {k: v for k, v in part_steps(steps, variant).items() if k in parts}
+    done, t0 = dict.fromkeys(parts, 0), time.time()
     queue = ctx.Queue()
     bar = tqdm(total=sum(total.values()), desc="build tiny base (once)", unit="step", dynamic_ncols=True)
 
@@ -119,11 +121,17 @@ def _build_part(part, path, threads, steps, corpus_size, variant="default"):
         vit_config, processor = base.vit(variant)
         vit = ViTModel(ViTConfig(**vit_config), add_pooling_layer=False)
         proc = ViTImageProcessor(**processor)
-        corpus = _acl_encoder_corpus(corpus_size) if variant == "acl" else _encoder_corpus("image", corpus_size)
-        _pretrain_encoder(vit, lambda x: proc(x, return_tensors="pt")["pixel_values"],
-                          *corpus, steps=steps, progress=_progress(part, steps))
+        preprocess = lambda x: proc(x, return_tensors="pt")["pixel_values"]   # noqa: E731
+        if variant == "acl":
+            heldout = _pretrain_acl_vit(vit, preprocess, steps=steps, progress=_progress(part, steps))
+        else:
+            _pretrain_encoder(vit, preprocess, *_encoder_corpus("image", corpus_size), steps=steps,
+                              progress=_progress(part, steps))
         vit.save_pretrained(path)
         proc.save_pretrained(path)
+        if variant == "acl":
+            with open(os.path.join(path, "heldout_accuracy.json"), "w") as f:
+                json.dump(heldout, f, indent=1)
     else:
         from transformers import ASTConfig, ASTFeatureExtractor, ASTModel
         ast = ASTModel(ASTConfig(**AST_CONFIG))
@@ -189,18 +197,47 @@ def _encoder_corpus(modality, n=None):
     return media, torch.tensor(labels)
 
 
-def _acl_encoder_corpus(n):
-    """The acl ViT's corpus: 2n pictures, a quarter of each acl ability, half from each generator (a real ViT has
-    seen text in many fonts and layouts), labelled per attribute (data/acl.py LABELS: ability, the text, the
-    expression's numbers and operator, the tallest bar, the count, the relation, the selected and the pointed button), own seed."""
+def _acl_pictures(n, rng):
+    """n acl pictures, a quarter of each ability, half from each generator (a real ViT has seen text in many fonts and
+    layouts), labelled per attribute (data/acl.py LABELS: ability, the text, the expression's numbers and operator,
+    the tallest bar, the count, the relation, the selected and the pointed button)."""
     from data import acl
-    rng = np.random.default_rng(ACL_CORPUS_SEED)
     media, labels = [], []
-    for i in range(2 * n):
+    for i in range(n):
         img, _, lab = acl.describe(acl.ORDER[i % 4], ("train", "test")[i // 4 % 2], rng)
         media.append(np.asarray(img))
         labels.append(lab)
     return media, torch.tensor(labels)
+
+
+def _pretrain_acl_vit(enc, preprocess, steps, bs=PRETRAIN_BATCH, progress=None):
+    """_pretrain_encoder's multi-head attribute classification for the acl ViT, on bs fresh pictures every step
+    (own seed), lr warmup then cosine (data/base.py ACL_VIT_TRAIN). Returns each head's accuracy (%) on 480 held-out
+    pictures (another seed): what the ViT has learned to read, kept beside it as heldout_accuracy.json."""
+    from data import acl
+    rng = np.random.default_rng(ACL_CORPUS_SEED)
+    heads = nn.ModuleList(nn.Linear(enc.config.hidden_size, k) for k in acl.LABEL_CLASSES)
+    opt = torch.optim.AdamW(list(enc.parameters()) + list(heads.parameters()), lr=ACL_VIT_TRAIN["lr"])
+    warmup = min(ACL_VIT_TRAIN["warmup"], max(1, steps // 10))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + np.cos(np.pi * s / steps)))
+    for step in range(1, steps + 1):
+        media, y = _acl_pictures(bs, rng)
+        h = enc(preprocess(media)).last_hidden_state.mean(1)                 # (bs, hidden): mean over patches
+        loss = sum(F.cross_entropy(head(h), y[:, k], ignore_index=-1) for k, head in enumerate(heads)
+                   if (y[:, k] >= 0).any())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if progress:
+            progress(step)
+    enc.eval()
+    media, y = _acl_pictures(480, np.random.default_rng(ACL_CORPUS_SEED + 1))
+    with torch.no_grad():
+        h = torch.cat([enc(preprocess(media[i:i + 120])).last_hidden_state.mean(1) for i in range(0, 480, 120)])
+    return {name: round(100 * (head(h[y[:, k] >= 0]).argmax(1) == y[y[:, k] >= 0, k]).float().mean().item(), 1)
+            for k, (name, head) in enumerate(zip(acl.LABELS, heads))}
 
 
 def _pretrain_encoder(enc, preprocess, media, labels, steps=PRETRAIN_STEPS, bs=PRETRAIN_BATCH, progress=None):

@@ -178,6 +178,32 @@ def test_acl_captions_and_encoder_labels_for_the_acl_base():
                 assert img.size == (A.ACL_IMG, A.ACL_IMG) and set(A.split_words(cap)) <= vocab, cap
                 assert len(lab) == len(A.LABELS) and lab[0] == A.ORDER.index(task)
                 assert sum(v >= 0 for v in lab[1:]) >= 1
+                assert all(-1 <= v < k for v, k in zip(lab, A.LABEL_CLASSES)), (task, lab)
     info = {"words": ["save", "open", "copy", "undo"], "selected": "open", "pointed": "undo"}
     assert A.caption("acl-gui", "pointer", info) == "buttons save open copy undo , open selected , pointer on undo"
     assert A.caption("acl-math", "arith", {"a": "7", "op": "-", "b": "2"}) == "7 minus 2"
+
+
+def test_acl_vit_labels_are_read_off_the_picture_alone():
+    """The ViT never sees the question, so a vp label may not depend on which kind it asks about: per-kind counts of
+    every object drawn, and the relation of the pair's earlier kind (KINDS order) to the other, whichever is named
+    first. """
+    rng, seen = np.random.default_rng(5), set()
+    for _ in range(200):
+        state = rng.bit_generator.state
+        _, _, lab = A.describe("acl-vp", "train", rng)
+        rng2 = np.random.default_rng()
+        rng2.bit_generator.state = state                    # the same draws again, for the question's roles
+        _, qtype, _, answer, _, info = A.ABILITIES["acl-vp"]("train", rng2, False)
+        lab = dict(zip(A.LABELS, lab))
+        counts = {k: lab[f"{k}s"] for k in A.KINDS}
+        if qtype == "count":
+            assert counts[info["kind"]] == info["count"] and counts[info["other"]] == info["others"]
+            assert sum(counts.values()) == info["count"] + info["others"] and lab["relation"] == -1
+        else:
+            a, b = info["a"].split()[-1], info["b"].split()[-1]
+            assert counts == {k: int(k in (a, b)) for k in A.KINDS}
+            rel = A.RELATIONS[lab["relation"]]
+            assert rel == (answer if A.KINDS.index(a) < A.KINDS.index(b) else A.OPPOSITE[answer])
+            seen.add(A.KINDS.index(a) < A.KINDS.index(b))
+    assert seen == {True, False}      # both orders of the named pair were drawn
