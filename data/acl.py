@@ -43,6 +43,7 @@ NUMS = [str(i) for i in range(19)]                            # numbers are answ
 OCR_WORDS = ["cat", "dog", "sun", "tree", "bird", "fish", "moon", "star", "boat", "car", "cup", "key", "lamp", "door",
              "book", "milk", "ship", "frog", "rain", "road"]
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (40, 70, 230), "yellow": (230, 210, 30)}
+COLOUR_OF = {rgb: name for name, rgb in COLOURS.items()}
 KINDS = ["circle", "square", "triangle"]
 RELATIONS = ["left", "right", "above", "below"]
 COUNTS = [str(n) for n in range(1, 6)]
@@ -139,6 +140,16 @@ SEG7 = {"0": "abcdef", "1": "bc", "2": "abged", "3": "abgcd", "4": "fgbc", "5": 
         "8": "abcdefg", "9": "abcdfg"}
 
 
+# What each drawn element covers, for the acl ViT's per-patch labels (describe()): None unless describe() records.
+# Every draw call below appends (mark, (x0, y0, x1, y1)); the pixels and the random draws are the same either way.
+_MARKS = None
+
+
+def _mark(name, box):
+    if _MARKS is not None:
+        _MARKS.append((name, tuple(int(v) for v in box)))
+
+
 @functools.lru_cache(maxsize=None)
 def _pil_font():
     return ImageFont.load_default_imagefont()
@@ -184,6 +195,7 @@ def draw_text(img, x, y, text, font, size, fill):
     if font == "px5x7":
         s = size // 7
         for k, ch in enumerate(text):
+            _mark(ch, (x + k * 6 * s, y, x + (k * 6 + 5) * s - 1, y + 7 * s - 1))
             for r, row in enumerate(PX5X7[ch].split()):
                 bits = int(row, 16)
                 for c in range(5):
@@ -195,6 +207,7 @@ def draw_text(img, x, y, text, font, size, fill):
         m = h // 2
         for k, ch in enumerate(text):
             x0 = x + k * (w + 2)
+            _mark(ch, (x0, y, x0 + w - 1, y + h - 1))
             seg = {"a": (x0, y, x0 + w - 1, y + t - 1), "d": (x0, y + h - t, x0 + w - 1, y + h - 1),
                    "g": (x0, y + m - t // 2, x0 + w - 1, y + m - t // 2 + t - 1),
                    "f": (x0, y, x0 + t - 1, y + m), "b": (x0 + w - t, y, x0 + w - 1, y + m),
@@ -203,7 +216,9 @@ def draw_text(img, x, y, text, font, size, fill):
                 d.rectangle(seg[s], fill=fill)
     else:
         f = _pil_font() if font == "pilfont" else _aileron(size)
-        x0, y0, _, _ = f.getbbox(text)
+        x0, y0, _, y1 = f.getbbox(text)
+        for k, ch in enumerate(text):                       # each glyph's span from the advance widths
+            _mark(ch, (x + f.getlength(text[:k]) - x0, y, x + f.getlength(text[:k + 1]) - x0 - 1, y + y1 - y0 - 1))
         d.text((x - x0, y - y0), text, font=f, fill=fill)
 
 
@@ -241,6 +256,7 @@ def _bright(rng):
 
 
 def draw_shape(d, kind, cx, cy, r, rgb):
+    _mark(f"{COLOUR_OF[rgb]} {kind}", (cx - r, cy - r, cx + r, cy + r))
     if kind == "circle":
         d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=rgb)
     elif kind == "square":
@@ -319,6 +335,7 @@ def _math(gen, rng, render):
                 x0s = [11 + i * step for i in range(n)]
             for x0, h, c in zip(x0s, heights, names):
                 d.rectangle([x0, base - h, x0 + width - 1, base - 1], fill=COLOURS[c])
+                _mark(f"{c} bar", (x0, base - h, x0 + width - 1, base - 1))
         style = {"size": f"bar-{width}", "layout": layout, "background": bg, "phrasing": q}
         return img, qtype, q, names[top], style, {"bars": names, "top": names[top]}
     if qtype == "arith":
@@ -426,6 +443,7 @@ def _pointer(d, x, y, gen):
     """A mouse arrow with its tip at (x, y): white (train), black with a white outline (test)."""
     pts = [(0, 0), (0, 8), (2, 6), (4, 9), (5, 8), (3, 5), (6, 5)]
     poly = [(x + px, y + py) for px, py in pts]
+    _mark("pointer", (x, y, x + 6, y + 9))
     if gen == "train":
         d.polygon(poly, fill=(245, 245, 245))
     else:
@@ -470,6 +488,8 @@ def _gui(gen, rng, render):
             else:
                 d.rectangle([x0, y0, x1, y1], fill=face, outline=sel if k == selected else (95, 98, 104),
                             width=2 if k == selected else 1)
+            if k == selected:
+                _mark("selected", (x0, y0, x1, y1))
             tw, th = text_box(w, font, size)
             tx = (x0 + x1 + 1 - tw) // 2 if gen == "train" else x0 + 4
             draw_text(img, tx, (y0 + y1 + 1 - th) // 2, w, font, size, ink)
@@ -501,6 +521,8 @@ OP_WORDS = {"+": "plus", "-": "minus", ">": "greater than", "<": "less than"}
 LABELS = ["ability", "text", "a", "op", "b", "top"] + [f"{k}s" for k in KINDS] + ["relation", "selected", "pointed"]
 LABEL_CLASSES = [len(ORDER), len(ANSWERS["acl-ocr"]), len(NUMS), len(OPS), len(NUMS), len(COLOURS)] + \
                 [len(COUNTS) + 1] * len(KINDS) + [len(RELATIONS), len(GUI_WORDS), len(GUI_WORDS)]   # classes per head
+PATCH_MARKS = (["none"] + list("abcdefghijklmnopqrstuvwxyz0123456789+-<>=?") +
+               [f"{c} {k}" for c in COLOURS for k in KINDS] + [f"{c} bar" for c in COLOURS] + ["pointer", "selected"])
 OPPOSITE = {"left": "right", "right": "left", "above": "below", "below": "above"}
 
 
@@ -520,8 +542,15 @@ def caption(task, qtype, info):
 
 
 def describe(task, gen, rng):
-    """(image, caption, labels): one picture of `task`'s generator `gen` for the acl base (labels: LABELS order)."""
-    img, qtype, _, _, _, info = ABILITIES[task](gen, rng, True)
+    """(image, caption, labels, patch labels): one picture of `task`'s generator `gen` for the acl base (labels:
+    LABELS order; patch labels: patch_labels())."""
+    global _MARKS
+    _MARKS = []
+    try:
+        img, qtype, _, _, _, info = ABILITIES[task](gen, rng, True)
+        marks = _MARKS
+    finally:
+        _MARKS = None
     lab = dict.fromkeys(LABELS, -1)
     lab["ability"] = ORDER.index(task)
     if task == "acl-ocr":
@@ -539,7 +568,23 @@ def describe(task, gen, rng):
             lab["relation"] = RELATIONS.index(info["relation"] if first else OPPOSITE[info["relation"]])
     else:
         lab.update(selected=GUI_WORDS.index(info["selected"]), pointed=GUI_WORDS.index(info["pointed"]))
-    return img, caption(task, qtype, info), [lab[k] for k in LABELS]
+    return img, caption(task, qtype, info), [lab[k] for k in LABELS], patch_labels(marks)
+
+
+def patch_labels(marks, patch=8):
+    """(ACL_IMG // patch)^2 ints in reading order: what covers each patch most (PATCH_MARKS index; later drawn
+    wins where marks overlap; 0: none covers a quarter of the patch). A dense label that keeps each image token
+    about its own place: the glyph, object, bar, pointer or selection under it."""
+    owner = np.zeros((ACL_IMG, ACL_IMG), dtype=np.int64)
+    for name, (x0, y0, x1, y1) in marks:
+        if not name.strip():                                # the space between glyphs marks nothing
+            continue
+        owner[max(0, y0):max(0, y1 + 1), max(0, x0):max(0, x1 + 1)] = PATCH_MARKS.index(name.lower())
+    g = ACL_IMG // patch
+    cells = owner.reshape(g, patch, g, patch).transpose(0, 2, 1, 3).reshape(g * g, patch * patch)   # (patches, px)
+    counts = np.stack([np.bincount(c, minlength=len(PATCH_MARKS)) for c in cells])
+    counts[:, 0] = 0
+    return [int(k) if counts[i, k] >= patch * patch // 4 else 0 for i, k in enumerate(counts.argmax(1))]
 
 
 # ------------------------------------------------------------------------------------------------ for the tiny base

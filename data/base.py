@@ -56,7 +56,7 @@ ACL_CORPUS_SEED = 987655
 # The acl ViT reads fresh pictures every step, with warmup + cosine lr: a fixed corpus of a few thousand pictures is
 # memorised, not read (held-out heads near chance after 900 steps, docs/gaps.md item 4). A throwaway test base
 # (steps below the default) keeps 1.5x steps: it checks plumbing, not accuracy.
-ACL_VIT_TRAIN = dict(steps=12000, lr=1e-3, warmup=300)
+ACL_VIT_TRAIN = dict(steps=12000, lr=1e-3, warmup=300, patch_labels=True)
 
 
 def variant_of(task_names):
@@ -72,7 +72,7 @@ def variant_parts(variant):
 def part_steps(steps=None, variant="default"):
     """Pretraining steps of each part: 1.5x for the LLM (at 600 it had not learned to copy, "repeat : dog" ->
     "key"; text-only accuracy 56.5 vs 93.5 at 900, measured on the text test split) and for the ViT (its corpus
-    holds two worlds: shapes + dcl domain scenes)."""
+    holds two worlds: shapes + dcl domain scenes); the acl base's ViT: ACL_VIT_TRAIN's steps."""
     steps = PRETRAIN_STEPS if steps is None else steps
     image = ACL_VIT_TRAIN["steps"] if variant == "acl" and steps >= DEFAULT_STEPS else steps * 3 // 2
     return {"llm": steps * 3 // 2, "image": image, "audio": steps}

@@ -498,7 +498,7 @@ def write_acl_alignment(root, seed, per_world):
     for task in ACL.ORDER:
         for gen in ("train", "test"):
             for _ in range(per_world):
-                img, cap, _ = ACL.describe(task, gen, rng)
+                img, cap = ACL.describe(task, gen, rng)[:2]
                 rel = f"media/{len(rows):05d}.png"
                 write_media(os.path.join(d, rel), "image", img)
                 rows.append({"id": f"acl-align/{len(rows)}", "modality": "image", "media": rel,

@@ -200,32 +200,40 @@ def _encoder_corpus(modality, n=None):
 def _acl_pictures(n, rng):
     """n acl pictures, a quarter of each ability, half from each generator (a real ViT has seen text in many fonts and
     layouts), labelled per attribute (data/acl.py LABELS: ability, the text, the expression's numbers and operator,
-    the tallest bar, the count, the relation, the selected and the pointed button)."""
+    the tallest bar, the objects of each kind, the pair's relation, the selected and the pointed button) and per
+    patch (data/acl.py patch_labels: the glyph, object, bar, pointer or selection under it)."""
     from data import acl
-    media, labels = [], []
+    media, labels, patches = [], [], []
     for i in range(n):
-        img, _, lab = acl.describe(acl.ORDER[i % 4], ("train", "test")[i // 4 % 2], rng)
+        img, _, lab, patch = acl.describe(acl.ORDER[i % 4], ("train", "test")[i // 4 % 2], rng)
         media.append(np.asarray(img))
         labels.append(lab)
-    return media, torch.tensor(labels)
+        patches.append(patch)
+    return media, torch.tensor(labels), torch.tensor(patches)
 
 
 def _pretrain_acl_vit(enc, preprocess, steps, bs=PRETRAIN_BATCH, progress=None):
-    """_pretrain_encoder's multi-head attribute classification for the acl ViT, on bs fresh pictures every step
-    (own seed), lr warmup then cosine (data/base.py ACL_VIT_TRAIN). Returns each head's accuracy (%) on 480 held-out
-    pictures (another seed): what the ViT has learned to read, kept beside it as heldout_accuracy.json."""
+    """_pretrain_encoder's multi-head attribute classification for the acl ViT, plus one label per patch token (what
+    is drawn under it), on bs fresh pictures every step (own seed), lr warmup then cosine (data/base.py
+    ACL_VIT_TRAIN). Returns each head's accuracy (%) on 480 held-out pictures (another seed; `patch`: on patches
+    something is drawn under): what the ViT has learned to read, kept beside it as heldout_accuracy.json."""
     from data import acl
     rng = np.random.default_rng(ACL_CORPUS_SEED)
     heads = nn.ModuleList(nn.Linear(enc.config.hidden_size, k) for k in acl.LABEL_CLASSES)
-    opt = torch.optim.AdamW(list(enc.parameters()) + list(heads.parameters()), lr=ACL_VIT_TRAIN["lr"])
+    patch_head = nn.Linear(enc.config.hidden_size, len(acl.PATCH_MARKS))
+    params = list(enc.parameters()) + list(heads.parameters()) + list(patch_head.parameters())
+    opt = torch.optim.AdamW(params, lr=ACL_VIT_TRAIN["lr"])
     warmup = min(ACL_VIT_TRAIN["warmup"], max(1, steps // 10))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + np.cos(np.pi * s / steps)))
     for step in range(1, steps + 1):
-        media, y = _acl_pictures(bs, rng)
-        h = enc(preprocess(media)).last_hidden_state.mean(1)                 # (bs, hidden): mean over patches
+        media, y, yp = _acl_pictures(bs, rng)
+        tokens = enc(preprocess(media)).last_hidden_state                  # (bs, 1 + patches, hidden): CLS first
+        h = tokens.mean(1)                                                  # (bs, hidden): mean over tokens
         loss = sum(F.cross_entropy(head(h), y[:, k], ignore_index=-1) for k, head in enumerate(heads)
                    if (y[:, k] >= 0).any())
+        if ACL_VIT_TRAIN["patch_labels"]:                                   # every patch token's own label
+            loss = loss + F.cross_entropy(patch_head(tokens[:, 1:]).flatten(0, 1), yp.flatten())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -233,11 +241,14 @@ def _pretrain_acl_vit(enc, preprocess, steps, bs=PRETRAIN_BATCH, progress=None):
         if progress:
             progress(step)
     enc.eval()
-    media, y = _acl_pictures(480, np.random.default_rng(ACL_CORPUS_SEED + 1))
+    media, y, yp = _acl_pictures(480, np.random.default_rng(ACL_CORPUS_SEED + 1))
     with torch.no_grad():
-        h = torch.cat([enc(preprocess(media[i:i + 120])).last_hidden_state.mean(1) for i in range(0, 480, 120)])
-    return {name: round(100 * (head(h[y[:, k] >= 0]).argmax(1) == y[y[:, k] >= 0, k]).float().mean().item(), 1)
-            for k, (name, head) in enumerate(zip(acl.LABELS, heads))}
+        tokens = torch.cat([enc(preprocess(media[i:i + 120])).last_hidden_state for i in range(0, 480, 120)])
+        h, drawn = tokens.mean(1), yp > 0
+        acc = {name: (head(h[y[:, k] >= 0]).argmax(1) == y[y[:, k] >= 0, k]).float().mean()
+               for k, (name, head) in enumerate(zip(acl.LABELS, heads))}
+        acc["patch"] = (patch_head(tokens[:, 1:][drawn]).argmax(-1) == yp[drawn]).float().mean()
+    return {name: round(100 * a.item(), 1) for name, a in acc.items()}
 
 
 def _pretrain_encoder(enc, preprocess, media, labels, steps=PRETRAIN_STEPS, bs=PRETRAIN_BATCH, progress=None):

@@ -173,12 +173,16 @@ def test_acl_captions_and_encoder_labels_for_the_acl_base():
     vocab, rng = set(A.acl_vocabulary()), np.random.default_rng(3)
     for task in A.ORDER:
         for gen in ("train", "test"):
+            marked = 0
             for _ in range(20):
-                img, cap, lab = A.describe(task, gen, rng)
+                img, cap, lab, patch = A.describe(task, gen, rng)
                 assert img.size == (A.ACL_IMG, A.ACL_IMG) and set(A.split_words(cap)) <= vocab, cap
                 assert len(lab) == len(A.LABELS) and lab[0] == A.ORDER.index(task)
                 assert sum(v >= 0 for v in lab[1:]) >= 1
                 assert all(-1 <= v < k for v, k in zip(lab, A.LABEL_CLASSES)), (task, lab)
+                assert len(patch) == 64 and all(0 <= v < len(A.PATCH_MARKS) for v in patch)
+                marked += any(patch)     # a lone 5x7 glyph across four patches may fill a quarter of none
+            assert marked >= 15, (task, gen, marked)
     info = {"words": ["save", "open", "copy", "undo"], "selected": "open", "pointed": "undo"}
     assert A.caption("acl-gui", "pointer", info) == "buttons save open copy undo , open selected , pointer on undo"
     assert A.caption("acl-math", "arith", {"a": "7", "op": "-", "b": "2"}) == "7 minus 2"
@@ -191,7 +195,7 @@ def test_acl_vit_labels_are_read_off_the_picture_alone():
     rng, seen = np.random.default_rng(5), set()
     for _ in range(200):
         state = rng.bit_generator.state
-        _, _, lab = A.describe("acl-vp", "train", rng)
+        _, _, lab, _ = A.describe("acl-vp", "train", rng)
         rng2 = np.random.default_rng()
         rng2.bit_generator.state = state                    # the same draws again, for the question's roles
         _, qtype, _, answer, _, info = A.ABILITIES["acl-vp"]("train", rng2, False)
@@ -207,3 +211,18 @@ def test_acl_vit_labels_are_read_off_the_picture_alone():
             assert rel == (answer if A.KINDS.index(a) < A.KINDS.index(b) else A.OPPOSITE[answer])
             seen.add(A.KINDS.index(a) < A.KINDS.index(b))
     assert seen == {True, False}      # both orders of the named pair were drawn
+
+
+def test_patch_labels_name_what_covers_each_patch_most():
+    """Hand-made marks: a glyph over one patch, a red square over four, a pointer drawn later over part of the
+    square (later wins where marks overlap), a sliver under a quarter of a patch (no label), a space (no mark)."""
+    idx = A.PATCH_MARKS.index
+    marks = [("K", (0, 0, 7, 7)), ("red square", (16, 16, 31, 31)), ("pointer", (24, 24, 30, 31)),
+             ("a", (56, 56, 56, 63)), (" ", (8, 0, 15, 7))]
+    lab = np.array(A.patch_labels(marks)).reshape(8, 8)
+    assert lab[0, 0] == idx("k") and lab[0, 1] == 0                       # upper case glyph -> its letter
+    assert lab[2, 2] == lab[2, 3] == lab[3, 2] == idx("red square")
+    assert lab[3, 3] == idx("pointer")                                      # 42 of 64 pixels: the pointer
+    assert lab[7, 7] == 0                                                   # 8 pixels: under a quarter
+    assert A.patch_labels([("a", (56, 56, 57, 63))])[63] == idx("a")        # 16 pixels: a quarter, labelled
+    assert (lab > 0).sum() == 5
