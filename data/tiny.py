@@ -230,8 +230,7 @@ def _pretrain_acl_vit(enc, preprocess, steps, bs=PRETRAIN_BATCH, progress=None):
         media, y, yp = _acl_pictures(bs, rng)
         tokens = enc(preprocess(media)).last_hidden_state                  # (bs, 1 + patches, hidden): CLS first
         h = tokens.mean(1)                                                  # (bs, hidden): mean over tokens
-        loss = sum(F.cross_entropy(head(h), y[:, k], ignore_index=-1) for k, head in enumerate(heads)
-                   if (y[:, k] >= 0).any())
+        loss = _heads_loss(heads, h, y)
         if ACL_VIT_TRAIN["patch_labels"]:                                   # every patch token's own label
             loss = loss + F.cross_entropy(patch_head(tokens[:, 1:]).flatten(0, 1), yp.flatten())
         opt.zero_grad(set_to_none=True)
@@ -251,6 +250,13 @@ def _pretrain_acl_vit(enc, preprocess, steps, bs=PRETRAIN_BATCH, progress=None):
     return {name: round(100 * a.item(), 1) for name, a in acc.items()}
 
 
+def _heads_loss(heads, h, y):
+    """Summed cross-entropy of the attribute heads on pooled features h (bs, hidden); y (bs, heads), -1: n/a (a head
+    with no labelled picture in the batch adds nothing)."""
+    return sum(F.cross_entropy(head(h), y[:, k], ignore_index=-1) for k, head in enumerate(heads)
+               if (y[:, k] >= 0).any())
+
+
 def _pretrain_encoder(enc, preprocess, media, labels, steps=PRETRAIN_STEPS, bs=PRETRAIN_BATCH, progress=None):
     """Multi-head attribute classification on mean-pooled encoder tokens; only the encoder is kept."""
     x = torch.cat([preprocess(media[i:i + 256]) for i in range(0, len(media), 256)])
@@ -261,9 +267,7 @@ def _pretrain_encoder(enc, preprocess, media, labels, steps=PRETRAIN_STEPS, bs=P
     for step in range(1, steps + 1):
         idx = torch.randint(0, len(x), (bs,), generator=g)
         h = enc(x[idx]).last_hidden_state.mean(1)
-        y = labels[idx]
-        loss = sum(F.cross_entropy(head(h), y[:, k], ignore_index=-1) for k, head in enumerate(heads)
-                   if (y[:, k] >= 0).any())
+        loss = _heads_loss(heads, h, labels[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -191,7 +191,7 @@ def test_acl_captions_and_encoder_labels_for_the_acl_base():
 def test_acl_vit_labels_are_read_off_the_picture_alone():
     """The ViT never sees the question, so a vp label may not depend on which kind it asks about: per-kind counts of
     every object drawn, and the relation of the pair's earlier kind (KINDS order) to the other, whichever is named
-    first. """
+    first."""
     rng, seen = np.random.default_rng(5), set()
     for _ in range(200):
         state = rng.bit_generator.state
