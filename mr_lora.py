@@ -19,7 +19,8 @@ Inference (two stages, the predict_fn every evaluation calls):
        y  = generate(x, q; base + theta_k*, phi_k*)                                                          (Eq. 4)
 Only experts of seen tasks can be chosen at step t; unseen tasks are routed among them (a deployed system). The
 reported `router_accuracy` is the share of test samples of seen tasks routed to their own task's expert after
-the last task (per step in `router_accuracy_steps`); `--oracle` routes by the ground-truth task (upper bound).
+the last task (per step in `router_accuracy_steps`; `router_confusion[i][k]`: test samples of task i routed to
+expert k); `--oracle` routes by the ground-truth task (upper bound).
 
 Deviations from the paper / official code (and why):
   - The official router is trained once, after all experts, on 20 samples per task (40 epochs, lr 5e-6, LoRA
@@ -177,6 +178,7 @@ def make_predict(model, projectors, tasks, t, oracle, stats):
                     stats["seen"] += 1
                     stats["correct"] += k == truth(s)
                     stats["seen_fallbacks"] += f
+                    stats["confusion"][truth(s)][k] += 1   # row: the sample's task, column: the expert chosen
         out = [None] * len(samples)
         for k in sorted(set(picks)):              # one generate call per chosen expert
             idx = [i for i, p in enumerate(picks) if p == k]
@@ -223,7 +225,8 @@ def main(argv=None):
                 projectors["router"] = copy.deepcopy(base)
             train(model, projectors, "router", router_data(tasks, buffer, t), args, t, epochs=args.router_epochs,
                   lr=args.router_lr, desc=f"router {t + 1}/{len(tasks)}")
-        stats = {"routed": 0, "fallbacks": 0, "text_fallbacks": 0, "seen": 0, "correct": 0, "seen_fallbacks": 0}
+        stats = {"routed": 0, "fallbacks": 0, "text_fallbacks": 0, "seen": 0, "correct": 0, "seen_fallbacks": 0,
+                 "confusion": [[0] * (t + 1) for _ in range(t + 1)]}
         predict = make_predict(model, projectors, tasks, t, args.oracle, stats)
         state = {"projectors": {n: {k: v.detach().cpu().clone() for k, v in p.state_dict().items()}
                                 for n, p in projectors.items()}, "buffer": buffer,
@@ -243,7 +246,8 @@ def main(argv=None):
     return run.finish(router_accuracy=100 * last["correct"] / max(1, last["seen"]),
                       router_fallbacks=last["seen_fallbacks"], router_fallbacks_text=last["text_fallbacks"],
                       router_fallbacks_total=sum(s["fallbacks"] for s in router_steps),
-                      router_accuracy_steps=[100 * s["correct"] / max(1, s["seen"]) for s in router_steps])
+                      router_accuracy_steps=[100 * s["correct"] / max(1, s["seen"]) for s in router_steps],
+                      router_confusion=last["confusion"])
 
 
 if __name__ == "__main__":

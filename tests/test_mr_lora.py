@@ -142,6 +142,9 @@ def test_smoke_run(smoke):
     assert len(res["R"]) == 3 and all(len(row) == 3 for row in res["R"])
     assert 0 <= res["metrics"]["router_accuracy"] <= 100 and res["metrics"]["router_fallbacks"] >= 0
     assert len(res["metrics"]["router_accuracy_steps"]) == 3
+    C = np.array(res["metrics"]["router_confusion"])          # every test sample of a task lands in its row once
+    assert C.shape == (3, 3) and (C.sum(1) == 8).all()
+    assert np.isclose(100 * np.trace(C) / C.sum(), res["metrics"]["router_accuracy"])
     assert os.path.isdir(smoke / "checkpoints" / "task2_video-qa" / "lora" / "expert2")
 
 
