@@ -74,6 +74,8 @@ for s in $SEEDS; do
   for m in finetune joint replay lwf ewc olora moelora; do run $m acl 1 $s baselines.py --method $m; done   # acl:
   run mr-lora acl 1 $s mr_lora.py                                    # shifted test split (the acl base, aligned)
   run mr-lora-oracle acl 1 $s mr_lora.py --oracle
+  run moincl acl 1 $s moincl.py                                      # MoInCL and MERA run on acl too (image only)
+  run mera acl 1 $s mera.py
   for m in finetune mr-lora mr-lora-oracle; do                       # acl's IID held-out split (test_iid)
     case $m in finetune) f="baselines.py --method finetune";; mr-lora) f=mr_lora.py;; *) f="mr_lora.py --oracle";; esac
     run $m-test_iid acl 1 $s $f --test-split test_iid
