@@ -158,6 +158,12 @@ def router_data(tasks, buffer, t):
     return out
 
 
+def router_accuracy(stats):
+    """% of seen tasks' test samples routed to their own expert: the confusion matrix's diagonal over its total."""
+    C = np.array(stats["confusion"])
+    return float(100 * np.trace(C) / max(1, C.sum()))
+
+
 def make_predict(model, projectors, tasks, t, oracle, stats):
     """Two-stage inference after step t (Eq. 3-4); routing counts go into `stats`."""
     names = [task.name for task in tasks[:t + 1]]
@@ -175,8 +181,6 @@ def make_predict(model, projectors, tasks, t, oracle, stats):
                 stats["fallbacks"] += f
                 stats["text_fallbacks"] += int(f and s.modality == "text")
                 if truth(s) is not None:           # a test sample of a seen task: its own expert is the right one
-                    stats["seen"] += 1
-                    stats["correct"] += k == truth(s)
                     stats["seen_fallbacks"] += f
                     stats["confusion"][truth(s)][k] += 1   # row: the sample's task, column: the expert chosen
         out = [None] * len(samples)
@@ -225,7 +229,7 @@ def main(argv=None):
                 projectors["router"] = copy.deepcopy(base)
             train(model, projectors, "router", router_data(tasks, buffer, t), args, t, epochs=args.router_epochs,
                   lr=args.router_lr, desc=f"router {t + 1}/{len(tasks)}")
-        stats = {"routed": 0, "fallbacks": 0, "text_fallbacks": 0, "seen": 0, "correct": 0, "seen_fallbacks": 0,
+        stats = {"routed": 0, "fallbacks": 0, "text_fallbacks": 0, "seen_fallbacks": 0,
                  "confusion": [[0] * (t + 1) for _ in range(t + 1)]}
         predict = make_predict(model, projectors, tasks, t, args.oracle, stats)
         state = {"projectors": {n: {k: v.detach().cpu().clone() for k, v in p.state_dict().items()}
@@ -234,8 +238,8 @@ def main(argv=None):
         run.end_task(t, model, predict, extra=state)
         router_steps.append(stats)
         if not args.oracle:
-            print(f"router after step {t + 1}: accuracy {100 * stats['correct'] / max(1, stats['seen']):.1f}% on "
-                  f"{stats['seen']} test samples of seen tasks ({stats['seen_fallbacks']} fallbacks); all routed "
+            print(f"router after step {t + 1}: accuracy {router_accuracy(stats):.1f}% on "
+                  f"{int(np.sum(stats['confusion']))} test samples of seen tasks ({stats['seen_fallbacks']} fallbacks); all routed "
                   f"requests incl. unseen tasks and text-only: {stats['fallbacks']} fallbacks of {stats['routed']}",
                   flush=True)
     if args.oracle:
@@ -243,10 +247,10 @@ def main(argv=None):
     last = router_steps[-1]
     # after the last task every task is seen: accuracy and fallbacks over all tasks' test samples; text-only
     # requests (which the router never trained on) and all evaluations' fallbacks are reported apart
-    return run.finish(router_accuracy=100 * last["correct"] / max(1, last["seen"]),
+    return run.finish(router_accuracy=router_accuracy(last),
                       router_fallbacks=last["seen_fallbacks"], router_fallbacks_text=last["text_fallbacks"],
                       router_fallbacks_total=sum(s["fallbacks"] for s in router_steps),
-                      router_accuracy_steps=[100 * s["correct"] / max(1, s["seen"]) for s in router_steps],
+                      router_accuracy_steps=[router_accuracy(s) for s in router_steps],
                       router_confusion=last["confusion"])
 
 
