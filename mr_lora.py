@@ -239,9 +239,9 @@ def main(argv=None):
         router_steps.append(stats)
         if not args.oracle:
             print(f"router after step {t + 1}: accuracy {router_accuracy(stats):.1f}% on "
-                  f"{int(np.sum(stats['confusion']))} test samples of seen tasks ({stats['seen_fallbacks']} fallbacks); all routed "
-                  f"requests incl. unseen tasks and text-only: {stats['fallbacks']} fallbacks of {stats['routed']}",
-                  flush=True)
+                  f"{int(np.sum(stats['confusion']))} test samples of seen tasks "
+                  f"({stats['seen_fallbacks']} fallbacks); all routed requests incl. unseen tasks and text-only: "
+                  f"{stats['fallbacks']} fallbacks of {stats['routed']}", flush=True)
     if args.oracle:
         return run.finish()
     last = router_steps[-1]
