@@ -50,8 +50,7 @@ ENCODER_LR = 2e-3
 # ViT has read text in many fonts; projectors and LoRA still train on the train generator only). Audio: the default's.
 VARIANTS = ("default", "acl")
 SHIPPED_ACL = os.path.join(os.path.dirname(SHIPPED), "tiny_base_acl")
-# 4 layers x 128 wide, not the default's 2 x 96: reading glyphs in many fonts needs the depth (held-out words 65.8 %
-# vs 45.8 %; adopted on --val, docs/gaps.md item 4).
+# 4 layers x 128 wide, not the default's 2 x 96: reading glyphs in many fonts needs the depth (docs/gaps.md item 4).
 ACL_VIT_CONFIG = dict(VIT_CONFIG, image_size=64, patch_size=8, hidden_size=128, num_hidden_layers=4,
                       intermediate_size=256)
 ACL_VIT_PROCESSOR = dict(size={"height": 64, "width": 64})
