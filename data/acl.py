@@ -95,6 +95,15 @@ TEXT_FONTS = {   # task -> generator -> font -> sizes (px5x7 / seg7: text height
     "acl-gui": {"train": {"px5x7": (7,), "pilfont": (11,)}, "test": {"aileron": (10, 12)}}}
 BAR_WIDTHS = {"train": (8, 10), "test": (5, 6)}              # math bar charts
 OBJECT_RADII = {"train": (3, 4), "test": (5, 6)}            # vp objects
+# `--val style` (data/load.py): a shift inside the train generator's own styles, never a test style, so settings can
+# be chosen against a shift without reading the test split. A training sample that drew any of these values is held
+# out (the validation split); the others are trained on.
+VAL_HELD_OUT = {"acl-ocr": {"font": "pilfont"}, "acl-math": {"font": "pilfont", "size": "bar-10"},
+                "acl-vp": {"size": "obj-4"}, "acl-gui": {"font": "pilfont"}}
+
+
+def held_out(task, style):
+    return any(style.get(k) == v for k, v in VAL_HELD_OUT[task].items())
 
 
 def _sizes(task, gen):

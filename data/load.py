@@ -39,6 +39,7 @@ class Sample:
     references: list | None = None    # captioning: all reference captions for CIDEr-D (default [target])
     annotators: list | None = None    # QA: every annotator's answer (repeats kept) -> VQA accuracy instead of exact match
     metric: str | None = None         # the manifest's scoring rule (data/score.py RULES); None -> the default rule
+    style: dict | None = None         # what a generator drew (acl: font, size, layout, ...), for --val style
 
 
 @dataclass
@@ -125,7 +126,8 @@ def read_manifest(path, task):
                             "a QA sample with 'annotators'" if metric == "vqa" else "a QA sample (with 'answers')")
                     raise UserError(f"{where}: 'metric' {metric!r} is for {need}")
             out.append(Sample(str(sid), r["modality"], r["instruction"], r["target"], answers, media, task=task,
-                              references=lists["references"], annotators=lists["annotators"], metric=metric))
+                              references=lists["references"], annotators=lists["annotators"], metric=metric,
+                              style=r["style"] if isinstance(r.get("style"), dict) else None))
     if not out:
         raise UserError(f"{path}: the manifest has no samples (empty task)")
     return out
@@ -167,13 +169,26 @@ def load_tasks(args):
                     read_manifest(os.path.join(root, "text", "test.jsonl"), "text")[:args.test_limit])
         if args.data_root is None and args.llm != "tiny":
             short_answers(text)
-    if args.val:   # validation split: the last training samples, as many as the test split has but at most a
-        for task in tasks + [text] * (text is not None):   # fifth of them (mcl's 512 test samples); test never read
-            n = min(len(task.test), len(task.train) // 5)
-            if n < 1:
-                raise UserError(f"--val: task {task.name} has {len(task.train)} training samples, too few to hold "
-                                f"out a fifth of them for validation")
-            task.train, task.test = task.train[:-n], task.train[-n:]
+    if args.val == "style":   # a shift inside the training split: samples drawn in held-out styles (data/acl.py)
+        from data.acl import VAL_HELD_OUT, held_out
+        for task in tasks:
+            if task.name not in VAL_HELD_OUT or any(s.style is None for s in task.train):
+                raise UserError(f"--val style: task {task.name} has no held-out styles (only acl's generated tasks "
+                                f"record them); use --val")
+            held = [s for s in task.train if held_out(task.name, s.style)]
+            fit = [s for s in task.train if not held_out(task.name, s.style)]
+            if not held or not fit:
+                raise UserError(f"--val style: task {task.name} has {len(held)} training samples in held-out styles "
+                                f"and {len(fit)} in the others; both are needed")
+            task.train, task.test = fit, held[-len(task.test):]
+    for task in (tasks if args.val == "iid" else []) + [text] * (text is not None and bool(args.val)):
+        # validation split: the last training samples, as many as the test split has but at most a fifth of them
+        # (mcl's 512 test samples); test never read. Text-only samples have no style: held out this way under both.
+        n = min(len(task.test), len(task.train) // 5)
+        if n < 1:
+            raise UserError(f"--val: task {task.name} has {len(task.train)} training samples, too few to hold "
+                            f"out a fifth of them for validation")
+        task.train, task.test = task.train[:-n], task.train[-n:]
     return tasks, text
 
 
