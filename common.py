@@ -101,9 +101,9 @@ def shared_parser(method, doc):
     g.add_argument("--test-limit", type=int, default=None, help="evaluate on at most N samples per task")
     g.add_argument("--test-split", default="test", help="manifest evaluated: <task>/<split>.jsonl (acl: test_iid)")
     g.add_argument("--eval-batch-size", type=int, default=64)
-    g.add_argument("--val", nargs="?", const="iid", choices=["iid", "style"], help="choose settings without the test "
+    g.add_argument("--val", nargs="?", const="iid", choices=["iid", "style", "phrasing"], help="choose settings without the test "
                    "split: evaluate on the last training samples of every task, held out (run name <method>-val); "
-                   "--val style (acl): on those drawn in held-out styles, a shift (<method>-valstyle)")
+                   "--val style|phrasing (acl): on those drawn in held-out styles / wordings (<method>-val<kind>)")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     g.add_argument("--resume", action="store_true", help="continue from the last finished task in --output-dir")
     p.set_defaults(method=method)
@@ -143,7 +143,7 @@ def parse_args(parser, argv=None, run_name=None):
     for flag in ("epochs", "batch_size", "eval_batch_size", "lora_r"):
         if getattr(args, flag) < 1:
             raise UserError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
-    args.run_name = (run_name or args.method) + {None: "", "iid": "-val", "style": "-valstyle"}[args.val] + f"-{args.test_split}" * (args.test_split != "test")
+    args.run_name = (run_name or args.method) + ("-val" + (args.val != "iid") * args.val if args.val else "") + f"-{args.test_split}" * (args.test_split != "test")
     if args.output_dir is None:
         seq = f"{args.scenario}__order{args.order}" if args.scenario != "custom" else f"custom__{args.order}"
         args.output_dir = os.path.join("runs", f"{args.run_name}__{seq}__seed{args.seed}")

@@ -95,15 +95,17 @@ TEXT_FONTS = {   # task -> generator -> font -> sizes (px5x7 / seg7: text height
     "acl-gui": {"train": {"px5x7": (7,), "pilfont": (11,)}, "test": {"aileron": (10, 12)}}}
 BAR_WIDTHS = {"train": (8, 10), "test": (5, 6)}              # math bar charts
 OBJECT_RADII = {"train": (3, 4), "test": (5, 6)}            # vp objects
-# `--val style` (data/load.py): a shift inside the train generator's own styles, never a test style, so settings can
-# be chosen against a shift without reading the test split. A training sample that drew any of these values is held
-# out (the validation split); the others are trained on.
-VAL_HELD_OUT = {"acl-ocr": {"font": "pilfont"}, "acl-math": {"font": "pilfont", "size": "bar-10"},
-                "acl-vp": {"size": "obj-4"}, "acl-gui": {"font": "pilfont"}}
+# `--val style` / `--val phrasing` (data/load.py): a shift inside the train generator's own styles, never a test
+# style, so settings can be chosen against a shift without reading the test split. A training sample that drew any
+# of these values is held out (the validation split); the others are trained on. style: the pixels (a font, bar
+# width or object size); phrasing: the wording (the last template of each question type).
+VAL_HELD_OUT = {"style": {"acl-ocr": {"font": ["pilfont"]}, "acl-math": {"font": ["pilfont"], "size": ["bar-10"]},
+                          "acl-vp": {"size": ["obj-4"]}, "acl-gui": {"font": ["pilfont"]}},
+                "phrasing": {t: {"phrasing": [ts[-1] for ts in PHRASINGS[t]["train"].values()]} for t in ORDER}}
 
 
-def held_out(task, style):
-    return any(style.get(k) == v for k, v in VAL_HELD_OUT[task].items())
+def held_out(task, style, kind="style"):
+    return any(style.get(k) in v for k, v in VAL_HELD_OUT[kind][task].items())
 
 
 def _sizes(task, gen):

@@ -169,16 +169,16 @@ def load_tasks(args):
                     read_manifest(os.path.join(root, "text", "test.jsonl"), "text")[:args.test_limit])
         if args.data_root is None and args.llm != "tiny":
             short_answers(text)
-    if args.val == "style":   # a shift inside the training split: samples drawn in held-out styles (data/acl.py)
+    if args.val in ("style", "phrasing"):   # a shift inside the training split: held-out styles (data/acl.py)
         from data.acl import VAL_HELD_OUT, held_out
         for task in tasks:
-            if task.name not in VAL_HELD_OUT or any(s.style is None for s in task.train):
-                raise UserError(f"--val style: task {task.name} has no held-out styles (only acl's generated tasks "
-                                f"record them); use --val")
-            held = [s for s in task.train if held_out(task.name, s.style)]
-            fit = [s for s in task.train if not held_out(task.name, s.style)]
+            if task.name not in VAL_HELD_OUT[args.val] or any(s.style is None for s in task.train):
+                raise UserError(f"--val {args.val}: task {task.name} has no held-out styles (only acl's generated "
+                                f"tasks record them); use --val")
+            held = [s for s in task.train if held_out(task.name, s.style, args.val)]
+            fit = [s for s in task.train if not held_out(task.name, s.style, args.val)]
             if not held or not fit:
-                raise UserError(f"--val style: task {task.name} has {len(held)} training samples in held-out styles "
+                raise UserError(f"--val {args.val}: task {task.name} has {len(held)} training samples in held-out styles "
                                 f"and {len(fit)} in the others; both are needed")
             task.train, task.test = fit, held[-len(task.test):]
     for task in (tasks if args.val == "iid" else []) + [text] * (text is not None and bool(args.val)):

@@ -229,25 +229,29 @@ def test_patch_labels_name_what_covers_each_patch_most():
 
 
 def test_val_style_holds_out_a_training_style(root, tmp_path):
-    """--val style: each task's validation samples are training samples drawn in its held-out style values (a
+    """--val style / phrasing: each task's validation samples are training samples drawn in its held-out values (a
     train-generator style, never a test one), none of which is trained on; the test split is never read."""
     from common import parse_args, shared_parser
     from data.load import UserError, load_tasks
     flags = ["--scenario", "acl", "--data-root", root]
     full, _ = load_tasks(parse_args(shared_parser("x", "x"), flags))
-    args = parse_args(shared_parser("x", "x"), flags + ["--val", "style"])
-    tasks, _ = load_tasks(args)
-    assert args.run_name == "x-valstyle" and "x-valstyle__acl" in args.output_dir
-    for task, whole in zip(tasks, full):
-        train_ids = {s.id for s in whole.train}
-        held = {s.id for s in whole.train if A.held_out(task.name, s.style)}
-        assert {s.id for s in task.test} <= held and len(task.test) == min(len(held), SMALL["test"]) > 0
-        assert {s.id for s in task.train} == train_ids - held and task.train
-        for factor, value in A.VAL_HELD_OUT[task.name].items():
-            assert value in A.STYLES[task.name]["train"][factor] and value not in A.STYLES[task.name]["test"][factor]
-            assert all(s.style.get(factor) != value for s in task.train)
+    for kind in ("style", "phrasing"):
+        args = parse_args(shared_parser("x", "x"), flags + ["--val", kind])
+        assert args.run_name == f"x-val{kind}" and f"x-val{kind}__acl" in args.output_dir
+        check_held_out(load_tasks(args)[0], full, kind)
     for t in ["dcl-rs", "dcl-med", "dcl-ad", "dcl-sci", "dcl-fin"]:
         G.write_task(str(tmp_path), t, seed=0, sizes={"train": 10, "test": 2})
     with pytest.raises(UserError, match="--val style: task dcl-rs has no held-out styles"):
         load_tasks(parse_args(shared_parser("x", "x"), ["--scenario", "dcl", "--data-root", str(tmp_path), "--val",
                                                         "style"]))
+
+
+def check_held_out(tasks, full, kind):
+    for task, whole in zip(tasks, full):
+        train_ids = {s.id for s in whole.train}
+        held = {s.id for s in whole.train if A.held_out(task.name, s.style, kind)}
+        assert {s.id for s in task.test} <= held and len(task.test) == min(len(held), SMALL["test"]) > 0
+        assert {s.id for s in task.train} == train_ids - held and task.train
+        for factor, values in A.VAL_HELD_OUT[kind][task.name].items():
+            assert set(values) <= set(A.STYLES[task.name]["train"][factor]) - set(A.STYLES[task.name]["test"][factor])
+            assert all(s.style.get(factor) not in values for s in task.train)
