@@ -23,6 +23,7 @@ def test_summarize_table_and_png(tmp_path, capsys):
     fake_run(tmp_path, "mera", "mcl", 2, 1, {"last": 60.0, "bwt": -2.0, "brg": 97.0}, brg_steps=[96.0, 97.0])
     fake_run(tmp_path, "finetune", "micl", 1, 0, {"last": 7.0}, llm="cache/real/smollm2/", image_encoder="tiny")
     fake_run(tmp_path, "finetune", "micl", 1, 0, {"last": 3.0}, val=True)
+    fake_run(tmp_path, "finetune", "micl", 1, 1, {"last": 5.0}, val="style")
     png = tmp_path / "pic" / "s.png"
     png.parent.mkdir()
     summarize([str(tmp_path), "--png", str(png)])
@@ -32,9 +33,10 @@ def test_summarize_table_and_png(tmp_path, capsys):
     assert "| joint | 1 | 0 | 90.0 ± 0.0 | - | 35.0 ± 0.0 | - | 2.0 |" in out
     assert "#### micl (smollm2)" in out and "| finetune | 1 | 0 | 7.0 ± 0.0 | - | 2.0 |" in out   # other weights: own table
     assert "#### micl, val split" in out and "| finetune | 1 | 0 | 3.0 ± 0.0 | - | 2.0 |" in out
+    assert "#### micl, val style split" in out and "| finetune | 1 | 1 | 5.0 ± 0.0 | - | 2.0 |" in out
     assert "| mera | 2 | 0,1 | 60.0 ± 0.0 | -2.0 ± 0.0 | 97.0 ± 0.0 | 97.5 / 97.0 | 2.0 |" in out   # BRG per step
     w, h = Image.open(png).size
-    assert 500 <= w <= 1200 and 100 <= h <= 900      # four headers + five method rows
+    assert 500 <= w <= 1200 and 100 <= h <= 900      # five headers + six method rows
 
 
 def test_summarize_default_png_and_empty_root(tmp_path):

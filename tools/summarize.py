@@ -26,7 +26,8 @@ def _title(args):
     """A run's table: the scenario, with the models when not the embedded default (the LLM / encoders or the LLaVA
     checkpoint) and the split when not the test split, so runs on other weights or data never share a table."""
     names = [args[k] for k in ("mllm", "llm", "image_encoder", "audio_encoder") if args.get(k) not in (None, "tiny")]
-    split = "val" if args.get("val") else args.get("test_split", "test")
+    val = args.get("val")                                   # True in older runs; "iid" / "style" / "phrasing"
+    split = ("val" if val in (True, "iid") else f"val {val}") if val else args.get("test_split", "test")
     return (args["scenario"] + (" (" + ", ".join(os.path.basename(str(n).rstrip("/")) for n in names) + ")") * bool(names)
             + f", {split} split" * (split != "test"))
 
