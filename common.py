@@ -459,14 +459,14 @@ def trainable(model):
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def make_optimizer(model, args, params=None, lr=None):
-    """AdamW over `params` (default: everything trainable); with --projector-lr the projectors get their own lr."""
-    params = params if params is not None else trainable(model)
-    if getattr(args, "projector_lr", None) is None:
+def make_optimizer(model, args, params=None, lr=None, projector_lr=None):
+    """AdamW over `params` (default: everything trainable); projectors at `projector_lr` or --projector-lr if set."""
+    params, projector_lr = params if params is not None else trainable(model), projector_lr or getattr(args, "projector_lr", None)
+    if projector_lr is None:
         return torch.optim.AdamW(params, lr=lr or args.lr, weight_decay=0.0)
     proj = {id(p) for p in model.projectors.parameters()}
     return torch.optim.AdamW([{"params": [p for p in params if id(p) not in proj], "lr": lr or args.lr},
-                              {"params": [p for p in params if id(p) in proj], "lr": args.projector_lr}], weight_decay=0.0)
+                              {"params": [p for p in params if id(p) in proj], "lr": projector_lr}], weight_decay=0.0)
 
 
 _progress = {"desc": None, "step": 0}       # the latest batches() stream and its step (1-based), for check_finite

@@ -67,12 +67,14 @@ def get_args(argv=None):
     g.add_argument("--router-samples", type=int, default=20, help="training samples per task kept for the router")
     g.add_argument("--router-epochs", type=int, default=40, help="router epochs over the replay buffer per task")
     g.add_argument("--router-lr", type=float, default=1e-3, help="router learning rate (experts use --lr)")
+    g.add_argument("--router-projector-lr", type=float, default=None, help="lr of the router's projector set "
+                   "(default: --projector-lr)")
     g.add_argument("--oracle", action="store_true", help="route by the ground-truth task (upper bound; run name "
                    "mr-lora-oracle)")
     a = p.parse_args(argv)
     args = parse_args(p, argv, run_name="mr-lora-oracle" if a.oracle else "mr-lora")
-    if args.router_samples < 1 or args.router_epochs < 1 or args.router_lr <= 0:
-        raise UserError("--router-samples and --router-epochs must be >= 1 and --router-lr > 0")
+    if args.router_samples < 1 or args.router_epochs < 1 or args.router_lr <= 0 or (args.router_projector_lr or 1) <= 0:
+        raise UserError("--router-samples and --router-epochs must be >= 1, --router-lr and --router-projector-lr > 0")
     if len(args.task_names) > len(EXPERT_LETTERS):
         raise UserError(f"MR-LoRA's router names at most {len(EXPERT_LETTERS)} experts by letter; this task sequence "
                         f"has {len(args.task_names)} tasks")
@@ -124,13 +126,13 @@ def adapter_params(model, name):
     return [p for n, p in model.llm.named_parameters() if "lora_" in n and f".{name}." in n]
 
 
-def train(model, projectors, name, data, args, t, epochs=None, lr=None, desc=None):
+def train(model, projectors, name, data, args, t, epochs=None, lr=None, projector_lr=None, desc=None):
     """Eq. 1 / Eq. 2: CE on the targets, updating only adapter `name` and its projector set."""
     use(model, projectors, name)
     params = adapter_params(model, name) + list(projectors[name].parameters())
     for p in params:
         p.requires_grad_(True)
-    opt = make_optimizer(model, args, params=params, lr=lr)   # fresh optimiser state per task
+    opt = make_optimizer(model, args, params=params, lr=lr, projector_lr=projector_lr)   # fresh state per task
     # the experts' --epochs follow --lr-schedule; the router keeps its own constant --router-lr
     for samples in batches(data, args, t, desc=desc, epochs=epochs, opt=opt if epochs is None else None):
         b = model.collate(samples).to(args.device)
@@ -228,7 +230,7 @@ def main(argv=None):
                 add_lora(model, args, "router")
                 projectors["router"] = copy.deepcopy(base)
             train(model, projectors, "router", router_data(tasks, buffer, t), args, t, epochs=args.router_epochs,
-                  lr=args.router_lr, desc=f"router {t + 1}/{len(tasks)}")
+                  lr=args.router_lr, projector_lr=args.router_projector_lr, desc=f"router {t + 1}/{len(tasks)}")
         stats = {"routed": 0, "fallbacks": 0, "text_fallbacks": 0, "seen_fallbacks": 0,
                  "confusion": [[0] * (t + 1) for _ in range(t + 1)]}
         predict = make_predict(model, projectors, tasks, t, args.oracle, stats)
