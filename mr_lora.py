@@ -73,8 +73,9 @@ def get_args(argv=None):
                    "mr-lora-oracle)")
     a = p.parse_args(argv)
     args = parse_args(p, argv, run_name="mr-lora-oracle" if a.oracle else "mr-lora")
-    if args.router_samples < 1 or args.router_epochs < 1 or args.router_lr <= 0 or (args.router_projector_lr or 1) <= 0:
-        raise UserError("--router-samples and --router-epochs must be >= 1, --router-lr and --router-projector-lr > 0")
+    bad_lr = args.router_lr <= 0 or (args.router_projector_lr is not None and args.router_projector_lr <= 0)
+    if args.router_samples < 1 or args.router_epochs < 1 or bad_lr:
+        raise UserError("--router-samples and --router-epochs must be >= 1, --router-lr > 0, --router-projector-lr > 0")
     if len(args.task_names) > len(EXPERT_LETTERS):
         raise UserError(f"MR-LoRA's router names at most {len(EXPERT_LETTERS)} experts by letter; this task sequence "
                         f"has {len(args.task_names)} tasks")

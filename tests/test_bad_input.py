@@ -218,6 +218,7 @@ def test_unusual_but_valid_media_encode(tiny, tmp_path):
     ("baselines", ["--replay-ratio", "0"], "--replay-ratio must be in (0, 1]"),
     ("moincl", ["--kd-weight", "-1"], "--kd-weight must be >= 0"),
     ("mr_lora", ["--router-lr", "-1"], "--router-lr > 0"),
+    ("mr_lora", ["--router-projector-lr", "0"], "--router-projector-lr > 0"),
     ("mera", ["--realign-lr", "0"], "--realign-lr must be > 0, got 0.0"),
 ])
 def test_out_of_range_flags(script, flags, expect, tmp_path):
