@@ -101,9 +101,8 @@ def shared_parser(method, doc):
     g.add_argument("--test-limit", type=int, default=None, help="evaluate on at most N samples per task")
     g.add_argument("--test-split", default="test", help="manifest evaluated: <task>/<split>.jsonl (acl: test_iid)")
     g.add_argument("--eval-batch-size", type=int, default=64)
-    g.add_argument("--val", nargs="?", const="iid", choices=["iid", "style", "phrasing"], help="choose settings without the test "
-                   "split: evaluate on the last training samples of every task, held out (run name <method>-val); "
-                   "--val style|phrasing (acl): on those drawn in held-out styles / wordings (<method>-val<kind>)")
+    g.add_argument("--val", nargs="?", const="iid", choices=["iid", "style", "phrasing"], help="evaluate on held-out "
+                   "training samples, not test (<method>-val); acl: --val style|phrasing holds out a style / wording")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     g.add_argument("--resume", action="store_true", help="continue from the last finished task in --output-dir")
     p.set_defaults(method=method)
@@ -143,7 +142,8 @@ def parse_args(parser, argv=None, run_name=None):
     for flag in ("epochs", "batch_size", "eval_batch_size", "lora_r"):
         if getattr(args, flag) < 1:
             raise UserError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
-    args.run_name = (run_name or args.method) + ("-val" + (args.val != "iid") * args.val if args.val else "") + f"-{args.test_split}" * (args.test_split != "test")
+    val = "" if not args.val else "-val" if args.val == "iid" else f"-val{args.val}"      # -val, -valstyle, ...
+    args.run_name = (run_name or args.method) + val + f"-{args.test_split}" * (args.test_split != "test")
     if args.output_dir is None:
         seq = f"{args.scenario}__order{args.order}" if args.scenario != "custom" else f"custom__{args.order}"
         args.output_dir = os.path.join("runs", f"{args.run_name}__{seq}__seed{args.seed}")
@@ -430,8 +430,7 @@ def build_model(args):
 
 
 def projector_record(args):
-    """What a projector set was aligned for: the LLM and the encoders (by name; tiny-<key> for the embedded
-    default), their widths."""
+    """What a projector set was aligned for: the LLM and encoders (by name; embedded default: tiny-<key>), widths."""
     return {k: args.fingerprint[k] for k in ("llm", "image_encoder", "audio_encoder", "llm_hidden", "enc_dims")}
 
 
@@ -461,7 +460,8 @@ def trainable(model):
 
 def make_optimizer(model, args, params=None, lr=None, projector_lr=None):
     """AdamW over `params` (default: everything trainable); projectors at `projector_lr` or --projector-lr if set."""
-    params, projector_lr = params if params is not None else trainable(model), projector_lr or getattr(args, "projector_lr", None)
+    params = params if params is not None else trainable(model)
+    projector_lr = projector_lr or getattr(args, "projector_lr", None)
     if projector_lr is None:
         return torch.optim.AdamW(params, lr=lr or args.lr, weight_decay=0.0)
     proj = {id(p) for p in model.projectors.parameters()}
