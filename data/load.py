@@ -39,7 +39,7 @@ class Sample:
     references: list | None = None    # captioning: all reference captions for CIDEr-D (default [target])
     annotators: list | None = None    # QA: every annotator's answer (repeats kept) -> VQA accuracy instead of exact match
     metric: str | None = None         # the manifest's scoring rule (data/score.py RULES); None -> the default rule
-    style: dict | None = None         # what a generator drew (acl: font, size, layout, ...), for --val style
+    style: dict | None = None         # what a generator drew (acl: font, size, layout, ...), for --val style / phrasing
 
 
 @dataclass
@@ -175,8 +175,8 @@ def load_tasks(args):
             if task.name not in VAL_HELD_OUT[args.val] or any(s.style is None for s in task.train):
                 raise UserError(f"--val {args.val}: task {task.name} has no held-out styles (only acl's generated "
                                 f"tasks record them); use --val")
-            held = [s for s in task.train if held_out(task.name, s.style, args.val)]
-            fit = [s for s in task.train if not held_out(task.name, s.style, args.val)]
+            out = [held_out(task.name, s.style, args.val) for s in task.train]
+            held, fit = [s for s, o in zip(task.train, out) if o], [s for s, o in zip(task.train, out) if not o]
             if not held or not fit:
                 raise UserError(f"--val {args.val}: task {task.name} has {len(held)} training samples in held-out styles "
                                 f"and {len(fit)} in the others; both are needed")
