@@ -103,6 +103,18 @@ def test_each_scenario_starts_where_its_paper_starts():
     assert (a.projectors, a.projector_lr) == ("scratch", 1e-3)
 
 
+def test_mcl_sees_ten_times_the_samples_in_the_same_steps():
+    """mcl: 3200 training samples a modality, 2 epochs (the optimiser steps of 320 x 20, so MERA's 10 % replay is
+    320 samples); every other scenario 20 epochs; an explicit --epochs wins."""
+    from data.generate import split_sizes
+    p = lambda *a: common.parse_args(common.shared_parser("x", "x"), list(a))
+    assert {s: p("--scenario", s).epochs for s in ("micl", "dcl", "mcl", "acl")} == \
+        {"micl": 20, "dcl": 20, "mcl": 2, "acl": 20}
+    assert p("--tasks", "image").epochs == 20 and p("--scenario", "mcl", "--epochs", "5").epochs == 5
+    assert split_sizes("image")["train"] * p("--scenario", "mcl").epochs == \
+        split_sizes("image-cap")["train"] * p("--scenario", "micl").epochs
+
+
 def test_acl_runs_on_its_own_base_from_its_aligned_projectors(tmp_path):
     """--scenario acl: the acl base (64 px ViT, acl's vocabulary) and its aligned projectors, made on first use
     (for the tests' 30-step base: alignment on acl captions through tools/align.py); --test-split test_iid names
