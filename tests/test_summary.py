@@ -39,6 +39,16 @@ def test_summarize_table_and_png(tmp_path, capsys):
     assert 500 <= w <= 1200 and 100 <= h <= 900      # five headers + six method rows
 
 
+def test_flat_leaves_out_runs_in_sub_folders(tmp_path, capsys):
+    """--flat: only root/<run>/results.json (docs/runs keeps another machine's runs in a sub-folder)."""
+    fake_run(tmp_path, "finetune", "dcl", 1, 0, {"last": 36.0})
+    fake_run(tmp_path / "other-cpu", "finetune", "dcl", 1, 0, {"last": 30.0})
+    summarize([str(tmp_path), "--flat", "--png", str(tmp_path / "s.png")])
+    assert "| finetune | 1 | 0 | 36.0 ± 0.0 | - | 2.0 |" in capsys.readouterr().out
+    summarize([str(tmp_path), "--png", str(tmp_path / "s.png")])
+    assert "| finetune | 1 | 0,0 | 33.0 ± 3.0 | - | 2.0 |" in capsys.readouterr().out
+
+
 def test_summarize_default_png_and_empty_root(tmp_path):
     fake_run(tmp_path, "finetune", "dcl", 1, 0, {"last": 36.0, "bwt": -72.0, "router_accuracy": 99.0})
     summarize([str(tmp_path)])

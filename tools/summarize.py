@@ -4,6 +4,7 @@ run's predictions/ side by side with other runs', one test sample at a time (the
 
     python tools/summarize.py runs/                  # markdown tables, and runs/summary.png
     python tools/summarize.py runs/ --png out.png
+    python tools/summarize.py --flat docs/runs/      # only runs directly under the folder, not in its sub-folders
     python tools/summarize.py --compare runs/finetune__micl__order1__seed0 runs/moincl__micl__order1__seed0 \
         --sample audio-cap/test/3                    # its answers after every step, per run (default: results.md's)
 """
@@ -32,10 +33,12 @@ def _title(args):
             + f", {split} split" * (split != "test"))
 
 
-def _groups(root):
-    """{(scenario [+ models], order, method): [results.json dicts]} over every results.json under root."""
+def _groups(root, flat=False):
+    """{(scenario [+ models], order, method): [results.json dicts]} over every results.json under root (flat: only
+    root/<run>/results.json, so runs kept in sub-folders, e.g. another machine's, stay out of the tables)."""
     groups = {}
-    for p in sorted(glob.glob(os.path.join(root, "**", "results.json"), recursive=True)):
+    pattern = os.path.join(root, "*", "results.json") if flat else os.path.join(root, "**", "results.json")
+    for p in sorted(glob.glob(pattern, recursive=not flat)):
         with open(p) as f:
             r = json.load(f)
         groups.setdefault((_title(r["args"]), r["args"]["order"], r["method"]), []).append(r)
@@ -45,10 +48,10 @@ def _groups(root):
     return dict(sorted(groups.items(), key=lambda kv: (kv[0][0], str(kv[0][1]), kv[0][2])))
 
 
-def summarize(root, png=None):
+def summarize(root, png=None, flat=False):
     """Markdown tables (one per scenario and models) over every results.json under root: mean +/- std over seeds.
     With `png`, also draw them (draw_summary)."""
-    groups = _groups(root)
+    groups = _groups(root, flat)
     out = []
     for scen in sorted({k[0] for k in groups}):
         keys = [k for k in SUMMARY_KEYS if any(k in r["metrics"] for g, rs in groups.items() if g[0] == scen for r in rs)]
@@ -165,6 +168,7 @@ def main(argv=None):
                                 "with --compare, what runs said on test samples")
     p.add_argument("root", nargs="?", default="runs")
     p.add_argument("--png", default=None, help="where the picture goes (default <root>/summary.png)")
+    p.add_argument("--flat", action="store_true", help="only the runs directly under root (root/RUN/results.json)")
     p.add_argument("--compare", nargs="+", metavar="RUN", help="run folders: their answers after every step, side by "
                    "side, on the test samples of results.md (or --sample)")
     p.add_argument("--sample", default=None, help="with --compare: a test sample id (or <task>/<id>)")
@@ -175,7 +179,7 @@ def main(argv=None):
         elif a.sample is not None:
             raise UserError("--sample goes with --compare RUN [RUN ...]")
         else:
-            print(summarize(a.root, png=a.png or os.path.join(a.root, "summary.png")))
+            print(summarize(a.root, png=a.png or os.path.join(a.root, "summary.png"), flat=a.flat))
     except UserError as e:
         sys.exit(str(e.code))
 
