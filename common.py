@@ -83,9 +83,8 @@ def shared_parser(method, doc):
                    "layer, all patch tokens), trained projector and chat template; video and audio as usual")
     g.add_argument("--chat-template", action="store_true", help="prompt through the LLM tokenizer's chat template "
                    "(user turn: cue, media, instruction; assistant turn: target), as instruct LLMs are tuned")
-    # batch 16, lr 1e-3, 20 epochs: chosen on the validation split (--val, never test) as the setting in which
-    # finetune learns every micl task on every seed and order (docs/defaults.md)
-    g.add_argument("--epochs", type=int, default=None, help="epochs per task (default 20; mcl 2, see EPOCHS)")
+    # batch 16, lr 1e-3, 20 epochs: where finetune learns every micl task on every seed and order (--val; defaults.md)
+    g.add_argument("--epochs", type=int, default=None, help="epochs per task (unset: 20; mcl: 2, common.EPOCHS)")
     g.add_argument("--max-steps", type=int, default=None, help="cap on optimiser steps per task (smoke tests)")
     g.add_argument("--batch-size", type=int, default=16)
     g.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate for LoRA and projectors")
@@ -784,8 +783,7 @@ class Run:
                "tasks": [t.name for t in self.tasks], "steps": self.steps, "R": R, "zero_shot": s["zero_shot"], "text": s["text"],
                "metrics": metrics, "brg_steps": brg_steps(R) if len(R) == len(R[0]) else None,
                "scoring": {t.name: task_rule(t.test) for t in self.tasks + [self.text] * (self.text is not None)},
-               "timings": s["timings"], "environment": environment(self.args),
-               "fingerprint": self.args.fingerprint}
+               "timings": s["timings"], "environment": environment(self.args), "fingerprint": self.args.fingerprint}
         with self._uninterrupted():       # results.json last: it is what marks a run finished
             atomic_write(os.path.join(self.dir, "results.md"), results_markdown(res) + qualitative(self.dir, self.args.seed))
             draw_matrix(R, res["steps"], res["tasks"], os.path.join(self.dir, "matrix.png"), title=f"{res['method']} {self.args.scenario} "
