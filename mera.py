@@ -37,9 +37,9 @@ Deviations from the paper / official code (and why):
     only from its own modality) with a fresh AdamW for --realign-epochs 3, --realign-lr 1e-4 from aligned
     projectors (a tenth of the LoRA lr, as the reimplementation attributed to the paper's Table 9), 1e-3 from
     scratch: the paper gives no schedule here, so both were chosen on a validation draw (docs/defaults.md, mera.md).
-  - The replay set is the specified 10%: 320 samples a modality, since mcl trains on 3200 a modality for 2 epochs
-    (the steps of 320 x 20); 10% of 320 samples (32) overfit the realigned projectors, where the paper's 10% of
-    real data is thousands (docs/mera.md).
+  - The replay set is the specified 10%: 320 samples a modality, as mcl trains on 3200 a modality for 2 epochs
+    (the steps of 320 x 20); 32 samples would overfit the realigned projectors, and the paper's 10% of real data
+    is thousands (docs/mera.md).
   - micl (tasks, not modalities): steps are tasks, the running average is over steps, and a modality's replay set
     is the union of 10% of each of its seen tasks.
 

@@ -407,8 +407,8 @@ SIZES_PER_SPLIT = {"train": 320, "test": 64}
 # noise-dominated: the same saved MERA models scored per-run BRG 89.3-104.0 on those 64 and 91.1-99.9 on 1024 drawn
 # from the same stream (README, mcl notes). 512 test samples per modality; evaluation stays cheap (greedy, cached
 # features), and the first 64 are the former test split (same rng stream). 3200 training samples, seen twice
-# (common.EPOCHS: the steps of 320 x 20): MERA's 10 % replay is then 320 samples a modality, where 32 overfit the
-# projectors it realigns (docs/mera.md); the first 320 are the former training split.
+# (common.EPOCHS: the steps of 320 x 20), so MERA's 10 % replay is 320 samples a modality: 32 overfit the projectors
+# it realigns (docs/mera.md). `--train-limit 320 --epochs 20` gives the 320-sample setting (same rng stream).
 MIXED_SIZES = {"train": 3200, "test": 512}
 TEXT_SIZES = {"train": 2000, "test": 200}
 

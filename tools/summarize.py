@@ -37,8 +37,7 @@ def _groups(root, flat=False):
     """{(scenario [+ models], order, method): [results.json dicts]} over every results.json under root (flat: only
     root/<run>/results.json, so runs kept in sub-folders, e.g. another machine's, stay out of the tables)."""
     groups = {}
-    pattern = os.path.join(root, "*", "results.json") if flat else os.path.join(root, "**", "results.json")
-    for p in sorted(glob.glob(pattern, recursive=not flat)):
+    for p in sorted(glob.glob(os.path.join(root, "*" if flat else "**", "results.json"), recursive=not flat)):
         with open(p) as f:
             r = json.load(f)
         groups.setdefault((_title(r["args"]), r["args"]["order"], r["method"]), []).append(r)
@@ -49,8 +48,8 @@ def _groups(root, flat=False):
 
 
 def summarize(root, png=None, flat=False):
-    """Markdown tables (one per scenario and models) over every results.json under root: mean +/- std over seeds.
-    With `png`, also draw them (draw_summary)."""
+    """Markdown tables (one per scenario and models) over every results.json under root (flat: _groups), mean +/- std
+    over seeds. With `png`, also draw them (draw_summary)."""
     groups = _groups(root, flat)
     out = []
     for scen in sorted({k[0] for k in groups}):
